@@ -1,0 +1,51 @@
+# stirscope developer entry points. Everything installs into a local .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck importlint unit fixtures fixtures-check bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: install and run the main job on bundled fixtures, offline
+demo: $(STAMP)
+	@$(BIN)/python fixtures/demo.py
+
+## make test: install with dev extras, run format check, lint, types, layer contracts, tests
+test: $(STAMP) lint typecheck importlint fixtures-check unit
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+importlint: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## regenerate committed fixtures (deterministic: same bytes every time)
+fixtures: $(STAMP)
+	$(BIN)/python fixtures/generate.py
+
+## CI check: regeneration must change nothing
+fixtures-check: $(STAMP)
+	$(BIN)/python fixtures/generate.py --check
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""stirscope.analyzer: captures and live sources -> SIP messages -> calls -> verdicts -> reports."""
