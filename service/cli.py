@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stirscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        module: CommandModule = import_module(name)  # type: ignore[assignment]
+        module: CommandModule = import_module(name)
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,140 @@
+"""From SIP to verification input: the identities, Date and Identity values a verifier needs.
+
+This is where `sip` meets `shaken` (which knows nothing of SIP objects): the originating
+identity from P-Asserted-Identity and From, the destination from To, the current target from
+the Request-URI, each canonicalised once by ``sip.originating_identity`` (RFC 8224 section 8.1,
+8.3, 8.5), and the Identity values each on its own (RFC 8224 section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shaken.errors import Finding, Reason, warning
+from shaken.party import Party, PartyKind
+from shaken.verifier import VerificationRequest
+from sip import (
+    IdentityKind,
+    NameAddr,
+    Request,
+    Response,
+    SipParseError,
+    Uri,
+    originating_identity,
+    parse_message,
+    parse_name_addr,
+    parse_sip_date,
+    parse_uri,
+    split_commas,
+)
+from sip.fields import split_identity_line
+
+
+class ExtractError(Exception):
+    """The SIP input cannot give verification input (not SIP, or a header that is not a URI)."""
+
+
+def party_from_uri(uri: Uri) -> Party:
+    """The PASSporT identity for a SIP/tel URI (RFC 8224 section 8.1)."""
+    identity = originating_identity(uri)
+    kind = PartyKind.TN if identity.kind is IdentityKind.TN else PartyKind.URI
+    return Party(kind, identity.value)
+
+
+def _party(name_addr: NameAddr | None) -> Party | None:
+    return party_from_uri(name_addr.uri) if name_addr is not None else None
+
+
+def _pai_party(values: Sequence[NameAddr]) -> Party | None:
+    """P-Asserted-Identity may carry a sip and a tel URI (RFC 3325 section 9.1): prefer a TN."""
+    parties = [party_from_uri(v.uri) for v in values]
+    for party in parties:
+        if party.kind is PartyKind.TN:
+            return party
+    return parties[0] if parties else None
+
+
+def request_from_message(message: Request | Response) -> VerificationRequest:
+    """Verification input from a parsed SIP request (or a 3xx carrying Identity, RFC 8946 7)."""
+    findings: list[Finding] = []
+    identities = message.identity_headers
+    if any(h.split_from_comma for h in identities):
+        findings.append(
+            warning(Reason.COMMA_JOINED_IDENTITY, "Identity values joined by a comma were split")
+        )
+    request_uri = None
+    if isinstance(message, Request) and message.uri is not None:
+        request_uri = party_from_uri(message.uri)
+    return VerificationRequest(
+        identities=tuple(h.value for h in identities),
+        from_party=_party(message.from_),
+        pai_party=_pai_party(message.p_asserted_identity),
+        dest=tuple(p for p in (_party(message.to),) if p is not None),
+        request_uri=request_uri,
+        date=message.date,
+        date_present="date" in message.headers,
+        findings=tuple(findings),
+    )
+
+
+def request_from_sip_bytes(data: bytes) -> VerificationRequest:
+    """Parse (leniently) and extract; a message that is not SIP raises ``ExtractError``."""
+    try:
+        message = parse_message(data)
+    except SipParseError as exc:
+        raise ExtractError(f"not a SIP message: {exc}") from exc
+    return request_from_message(message)
+
+
+def _header_party(text: str, what: str) -> Party:
+    name_addr = parse_name_addr(text)
+    if name_addr is None:
+        try:
+            return party_from_uri(parse_uri(text.strip()))
+        except (SipParseError, ValueError) as exc:
+            raise ExtractError(f"{what} header value is not a name-addr: {text!r}") from exc
+    return party_from_uri(name_addr.uri)
+
+
+def request_from_headers(
+    *,
+    identities: Sequence[str],
+    from_: str,
+    to: str,
+    pai: str | None = None,
+    date: str | None = None,
+    request_uri: str | None = None,
+) -> VerificationRequest:
+    """Verification input from header values as they appear on the wire."""
+    values: list[str] = []
+    findings: list[Finding] = []
+    for index, raw in enumerate(identities):
+        split, _ = split_identity_line(raw, index, 0)
+        if len(split) > 1:
+            findings.append(
+                warning(
+                    Reason.COMMA_JOINED_IDENTITY, f"--identity {index} held {len(split)} values"
+                )
+            )
+        values.extend(h.value for h in split)
+    pai_party = None
+    if pai is not None:
+        parts = [_header_party(p, "P-Asserted-Identity") for p in split_commas(pai) if p.strip()]
+        tns = [p for p in parts if p.kind is PartyKind.TN]
+        pai_party = (tns or parts)[0] if parts else None
+    target = None
+    if request_uri is not None:
+        try:
+            target = party_from_uri(parse_uri(request_uri.strip()))
+        except (SipParseError, ValueError) as exc:
+            raise ExtractError(f"Request-URI is not a URI: {request_uri!r}") from exc
+    return VerificationRequest(
+        identities=tuple(values),
+        from_party=_header_party(from_, "From"),
+        pai_party=pai_party,
+        dest=(_header_party(to, "To"),),
+        request_uri=target,
+        date=parse_sip_date(date) if date is not None else None,
+        date_present=date is not None,
+        findings=tuple(findings),
+    )
