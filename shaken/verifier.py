@@ -131,7 +131,12 @@ class Verifier:
             )
         # Steps 7-9: JOSE header and claims (full form only: compact has none to check).
         if not compact:
-            findings.extend(check_header(passport, header))
+            already = _has(findings, Reason.UNSUPPORTED_ALG)
+            findings.extend(
+                f
+                for f in check_header(passport, header)
+                if not (already and f.reason is Reason.UNSUPPORTED_ALG)
+            )
             findings.extend(check_claims(passport))
         claims = passport.claims
         iat = claims.iat if claims else None
