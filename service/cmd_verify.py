@@ -9,6 +9,7 @@ TN-Validation-Passed, 1 otherwise, 2 on usage errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -247,22 +248,22 @@ def _read_input(name: str) -> bytes:
 
 
 def _run_batch(args: argparse.Namespace, config: VerifierConfig, at: datetime | None) -> int:
-    if args.batch == "-":
-        lines: Iterator[str] = iter(sys.stdin)
-    else:
-        try:
-            handle = open(args.batch, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.batch}: {exc.strerror}") from exc
-        lines = iter(handle)
-    out: TextIO = sys.stdout
-    if args.output:
-        out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115
-    try:
+    with contextlib.ExitStack() as stack:
+        if args.batch == "-":
+            lines: Iterator[str] = iter(sys.stdin)
+        else:
+            try:
+                handle = open(args.batch, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            except OSError as exc:
+                raise UsageError(f"cannot read {args.batch}: {exc.strerror}") from exc
+            lines = iter(stack.enter_context(handle))
+        out: TextIO = sys.stdout
+        if args.output:
+            try:
+                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.output}: {exc.strerror}") from exc
         summary = run_batch(lines, out, config=config, default_at=at, workers=args.workers)
-    finally:
-        if out is not sys.stdout:
-            out.close()
     print(summary.describe(), file=sys.stderr)
     return 0 if summary.failed == 0 and summary.errors == 0 else 1
 

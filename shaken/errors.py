@@ -49,7 +49,6 @@ class Reason(StrEnum):
     MISSING_INFO_PARAM = "missing_info_param"
     DUPLICATE_PARAM = "duplicate_param"
     INFO_NOT_IN_ANGLE_BRACKETS = "info_not_in_angle_brackets"
-    PPT_QUOTED = "ppt_quoted"
     # Step 4: alg parameter.
     UNSUPPORTED_ALG = "unsupported_alg"
     # Step 5-6: token form and encoding (RFC 8225 section 6/7, RFC 7515).
@@ -130,7 +129,6 @@ REASON_STATUS: dict[Reason, int | None] = {
     Reason.MISSING_INFO_PARAM: 438,
     Reason.DUPLICATE_PARAM: 438,
     Reason.INFO_NOT_IN_ANGLE_BRACKETS: 438,
-    Reason.PPT_QUOTED: None,
     Reason.UNSUPPORTED_ALG: 438,
     Reason.COMPACT_FORM_NOT_ALLOWED: 438,
     Reason.MALFORMED_TOKEN: 438,

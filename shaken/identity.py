@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from shaken.errors import Finding, Reason, Severity, error, warning
+from shaken.errors import Finding, Reason, error, warning
 
 # RFC 8224 section 4.1: an absent ``alg`` parameter means ES256.
 DEFAULT_ALG = "ES256"
@@ -181,8 +181,6 @@ def _from_fast_match(value: str, match: re.Match[str]) -> IdentityHeader:
     findings: tuple[Finding, ...] = ()
     if ppt is not None:
         params.append(("ppt", f"{quote}{ppt}{quote}"))
-        if quote:
-            findings = (Finding(Reason.PPT_QUOTED, "ppt value is quoted", Severity.INFO),)
     return IdentityHeader(
         raw=value,
         token=token,
@@ -266,9 +264,8 @@ def _parse_general(value: str) -> IdentityHeader:
 
     ppt: str | None = None
     if "ppt" in seen:
-        ppt, quoted = _unquote(seen["ppt"] or "")
-        if quoted:
-            findings.append(Finding(Reason.PPT_QUOTED, "ppt value is quoted", Severity.INFO))
+        # Quoted or not: both are normal practice (STANDARDS.md 1.1); nothing to record.
+        ppt, _quoted = _unquote(seen["ppt"] or "")
         if not ppt:
             findings.append(error(Reason.MALFORMED_IDENTITY_HEADER, "empty ppt parameter"))
             ppt = None

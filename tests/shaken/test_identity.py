@@ -123,8 +123,6 @@ def test_parse_fields(
                      Severity.ERROR, id="duplicate-ppt-case"),
         pytest.param(f"{TOKEN};info={INFO}", Reason.INFO_NOT_IN_ANGLE_BRACKETS, Severity.WARNING,
                      id="info-without-brackets"),
-        pytest.param(f'{TOKEN};info=<{INFO}>;ppt="shaken"', Reason.PPT_QUOTED, Severity.INFO,
-                     id="ppt-quoted-info-only"),
         pytest.param(f"{TOKEN};info=<{INFO}>alg=ES256;ppt=shaken",
                      Reason.MALFORMED_IDENTITY_HEADER, Severity.WARNING,
                      id="missing-semicolon-before-alg"),

@@ -1,0 +1,59 @@
+"""Responses built from requests (RFC 3261 section 8.2.6)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sip.message import Request, Response
+
+# Length of the deterministic To tag we add (RFC 3261 section 19.3 asks for at least 32 bits of
+# randomness; 16 hex digits of a SHA-256 digest give 64 bits, derived, not drawn, so the
+# sans-IO layer stays deterministic and replayable).
+_TAG_HEX_DIGITS = 16
+
+
+def derive_to_tag(request: Request) -> str:
+    """A stable To tag for responses to ``request`` (same request -> same tag).
+
+    Derived from Call-ID, From tag and the top Via branch, which identify the transaction.
+    RFC 3261 section 19.3.
+    """
+    from_tag = request.from_.tag if request.from_ else ""
+    branch = request.via[0].branch if request.via else ""
+    seed = f"{request.call_id}\x00{from_tag}\x00{branch}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(seed).hexdigest()[:_TAG_HEX_DIGITS]
+
+
+def response_to(
+    request: Request,
+    status: int,
+    reason: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    *,
+    to_tag: str | None = None,
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request``: Via (every value, in order), From, To, Call-ID and CSeq are
+    copied; a To tag is added when the request had none and the status is not 100 (``to_tag``
+    or `derive_to_tag`). ``extra_headers`` follow; Content-Length is set from ``body``.
+
+    RFC 3261 section 8.2.6.2.
+    """
+    headers: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_all("via")]
+    from_value = request.headers.get("from")
+    to_value = request.headers.get("to")
+    if from_value is not None:
+        headers.append(("From", from_value))
+    if to_value is not None:
+        if status != 100 and request.to is not None and request.to.tag is None:
+            to_value = f"{to_value};tag={to_tag or derive_to_tag(request)}"
+        headers.append(("To", to_value))
+    call_id = request.headers.get("call-id")
+    if call_id is not None:
+        headers.append(("Call-ID", call_id))
+    cseq = request.headers.get("cseq")
+    if cseq is not None:
+        headers.append(("CSeq", cseq))
+    headers.extend(extra_headers)
+    return Response.build(status, reason, headers, body)
