@@ -150,11 +150,11 @@ def test_signatures_marked_in_provenance(realworld: Path) -> None:
 # Expected reasons per record: the behaviour each record's "expected" field documents.
 EXPECTED = [
     ("R01_bandwidth_docs", set(), HEADERS),
-    ("R02_neustar_11184_jambonz_vapi_log", {Reason.PPT_QUOTED}, HEADERS),
+    ("R02_neustar_11184_jambonz_vapi_log", set(), HEADERS),
     # A bare token: the JOSE ppt has no Identity ppt to match.
     ("R05_verizon_twilio_stirpassporttoken", {Reason.MISSING_INFO_PARAM, Reason.PPT_MISMATCH},
      HEADERS),
-    ("R07_sansay_nss_lab_997T_302", {Reason.PPT_QUOTED}, HEADERS),
+    ("R07_sansay_nss_lab_997T_302", set(), HEADERS),
     ("V03_libstirshaken_readme_nonnumeric_tn", {Reason.MISSING_INFO_PARAM, Reason.PPT_MISMATCH,
                                                 Reason.INVALID_ORIG,
                                                 Reason.INVALID_DEST}, VECTORS),
@@ -193,9 +193,8 @@ EXPECTED = [
                                      Reason.MISSING_INFO_PARAM}, EDGE),
     ("E_opensipit_param_wrongalg", {Reason.UNSUPPORTED_ALG, Reason.MALFORMED_TOKEN},
      EDGE),
-    ("E_tmobile_truncated_tail", {Reason.MALFORMED_TOKEN, Reason.MISSING_INFO_PARAM,
-                                  Reason.PPT_QUOTED}, EDGE),
-    ("E_vonage_doc_der_like_sig", {Reason.INVALID_SIGNATURE_ENCODING, Reason.PPT_QUOTED,
+    ("E_tmobile_truncated_tail", {Reason.MALFORMED_TOKEN, Reason.MISSING_INFO_PARAM}, EDGE),
+    ("E_vonage_doc_der_like_sig", {Reason.INVALID_SIGNATURE_ENCODING,
                                    Reason.X5U_INFO_MISMATCH}, EDGE),
     ("E_voxpulse_ellipsis", {Reason.MALFORMED_TOKEN}, EDGE),
     ("E_bandwidth_html_escaped_params", {Reason.MALFORMED_IDENTITY_HEADER}, EDGE),
