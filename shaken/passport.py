@@ -10,6 +10,7 @@ so an investigator can still see what they claimed; such tokens always carry an 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +23,7 @@ from shaken.jose import (
     b64url_decode_lenient,
     b64url_encode,
     canonical_json,
+    canonical_json_trusted,
     loads_strict,
 )
 from shaken.party import Party, PartyKind
@@ -86,6 +88,8 @@ class DecodedPassport:
     signature: bytes | None
     signing_input: bytes | None
     findings: tuple[Finding, ...]
+    # The typed view, built once by ``decode_passport`` (it is read several times per verify).
+    cached_claims: PassportClaims | None = field(default=None, compare=False, repr=False)
 
     @property
     def ppt(self) -> str | None:
@@ -101,6 +105,8 @@ class DecodedPassport:
     @property
     def claims(self) -> PassportClaims | None:
         """Typed view of header and payload, or None when the payload could not be decoded."""
+        if self.cached_claims is not None:
+            return self.cached_claims
         if self.payload is None:
             return None
         return _claims_view(self.header or {}, self.payload)
@@ -261,11 +267,21 @@ def decode_passport(token: str, *, check_canonical: bool = True) -> DecodedPassp
                 warning(Reason.NON_CANONICAL_JSON, f"{what} is not RFC 8225 section 9 JSON")
             )
     form = "full" if s64 else "invalid"
-    return DecodedPassport(token, form, header, payload, signature, signing_input, tuple(findings))
+    claims = _claims_view(header or {}, payload) if payload is not None else None
+    return DecodedPassport(
+        token, form, header, payload, signature, signing_input, tuple(findings), claims
+    )
+
+
+# A digit followed by ".", "e" or "E": the only way a JSON number can be a non-integer. Text
+# without it cannot hold a float, so the integer-only walk of canonical_json can be skipped.
+_FLOATISH = re.compile(rb"[0-9][.eE]")
 
 
 def _is_canonical(obj: object, data: bytes) -> bool:
     try:
+        if _FLOATISH.search(data) is None:
+            return canonical_json_trusted(obj).encode("utf-8") == data
         return canonical_json(obj).encode("utf-8") == data
     except ValueError:  # floats cannot be canonical
         return False

@@ -12,6 +12,7 @@ RFC 8224 section 7.2-7.4; ATIS-1000074 / ATIS-1000080 as digested in STANDARDS.m
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -209,6 +210,12 @@ def infer_content_type(body: bytes, name: str = "") -> str:
 _HOST_RE = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?\.?|[0-9a-f:.]+)$")
 
 
+# The verdict is a pure function of its arguments and x5u URLs repeat on every call from the same
+# signer; 4096 distinct URLs covers a busy verifier's working set (STANDARDS.md 9).
+URL_POLICY_CACHE_ENTRIES = 4096
+
+
+@functools.lru_cache(maxsize=URL_POLICY_CACHE_ENTRIES)
 def check_info_url(
     url: str, *, allowed_ports: frozenset[int] = DEFAULT_ALLOWED_PORTS, allow_http: bool = False
 ) -> str | None:
@@ -221,7 +228,7 @@ def check_info_url(
     """
     if not url:
         return "empty URL"
-    if any(not 0x21 <= ord(ch) <= 0x7E for ch in url):
+    if not (url.isascii() and url.isprintable()) or " " in url:
         return "URL contains whitespace, control or non-ASCII characters"
     try:
         parts = urlsplit(url)
@@ -465,7 +472,7 @@ class CachingSource:
                         self._hits += 1
                     else:
                         self._negative_hits += 1
-                    return replace(entry.fetched, from_cache=True)
+                    return entry.fetched
                 del self._entries[key]
             flight = self._inflight.get(key)
             leader = flight is None
@@ -516,7 +523,8 @@ class CachingSource:
         expires = self.expiry_for(fetched, self._clock())
         if expires is None:
             return
-        self._entries[key] = _Entry(fetched, expires)
+        # Stored as it will be served: hits then cost no copy (this is on every verification).
+        self._entries[key] = _Entry(replace(fetched, from_cache=True), expires)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

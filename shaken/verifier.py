@@ -325,7 +325,7 @@ class Verifier:
     ) -> list[PassportResult]:
         """Step 25: diversion chains (RFC 8946 section 4.2)."""
         present = [(i, p) for i, p in enumerate(decoded) if p is not None]
-        if not any(p.claims is not None and p.claims.div is not None for _, p in present):
+        if not any((c := p.claims) is not None and c.div is not None for _, p in present):
             return results
         chains = link_div_chains([p for _, p in present])
         positions = [i for i, _ in present]
