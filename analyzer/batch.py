@@ -169,10 +169,10 @@ def run_batch(
             summary.failed += 1
 
     if workers == 1:
-        verifier = build_verifier(config, clock=clock)
-        for chunk in _chunks(lines):
-            for n, line in chunk:
-                emit(_dump(verify_line(verifier, n, line, at, clock)))
+        with build_verifier(config, clock=clock) as verifier:
+            for chunk in _chunks(lines):
+                for n, line in chunk:
+                    emit(_dump(verify_line(verifier, n, line, at, clock)))
     else:
         with ProcessPoolExecutor(
             max_workers=workers, initializer=_init_worker, initargs=(config,)

@@ -101,8 +101,13 @@ def main() -> int:
     # --batch with 1 and 2 worker processes over the same JSON Lines input.
     lines = 20000 if os.environ.get("BENCH_QUICK") is None else 4000
     line = json.dumps(
-        {"identity": identity, "from": vec["from"], "to": vec["to"], "date": vec["date"],
-         "at": vec["at"]}
+        {
+            "identity": identity,
+            "from": vec["from"],
+            "to": vec["to"],
+            "date": vec["date"],
+            "at": vec["at"],
+        }
     )
     config = VerifierConfig(trust=(FIXTURES / "pki" / "trust",), certs_dirs=(FIXTURES / "certs",))
     with tempfile.TemporaryDirectory() as tmp:

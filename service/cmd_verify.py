@@ -229,8 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         except ExtractError as exc:
             print(f"stirscope verify: {exc}", file=sys.stderr)
             return 1
-    verifier = build_verifier(config)
-    result = verifier.verify(request, at=at or datetime.now(UTC))
+    with build_verifier(config) as verifier:
+        result = verifier.verify(request, at=at or datetime.now(UTC))
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:

@@ -5,9 +5,11 @@ RFC 8226; ATIS-1000080). Theory of operation: the certificate source (possibly c
 the x5u body; parsed bundles are cached by body, and a full ``Credential`` (chain, trust,
 revocation, key object) is cached by body too, together with the interval of verification times
 for which it stays the same (the intersection of every certificate's validity and every CRL's
-thisUpdate..nextUpdate). A later call inside that interval costs two dictionary look-ups; a call
-outside it is judged afresh, so an investigator's "as of the call time" verdict is never served
-from a cache computed for another time.
+thisUpdate..nextUpdate). A later call inside that interval costs a few dictionary look-ups (the
+x5u body and the CRL bodies, through the usually caching source: a re-issued CRL means new
+revocation facts and a fresh judgement); a call outside it is judged afresh, so an
+investigator's "as of the call time" verdict is never served from a cache computed for another
+time.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Credential:
     obtained: bool = False  # the credential was fetched (RFC 8224 section 6.2.2: 436 vs 437)
     valid_from: float = float("-inf")
     valid_until: float = float("inf")
+    # The CRLs (URL, body) the revocation verdict rests on: a cached credential is reused only
+    # while the source still serves these very bodies (a re-issued CRL is judged afresh).
+    crls: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -89,11 +94,15 @@ class CredentialResolver:
         key = (url, fetched.body)
         with self._lock:
             cached = self._cache.get(key)
-            if cached is not None and cached.valid_from <= at <= cached.valid_until:
+            if cached is not None and not cached.valid_from <= at <= cached.valid_until:
+                cached = None
+        if cached is not None and self._crls_unchanged(cached):
+            with self._lock:
                 self._cache.move_to_end(key)
                 self.stats.hits += 1
-                return cached
-        self.stats.misses += 1
+            return cached
+        with self._lock:
+            self.stats.misses += 1
         credential = self._judge(url, fetched.body, at)
         if credential.valid_from <= credential.valid_until:
             with self._lock:
@@ -102,6 +111,15 @@ class CredentialResolver:
                 while len(self._cache) > self._max:
                     self._cache.popitem(last=False)
         return credential
+
+    def _crls_unchanged(self, cached: Credential) -> bool:
+        """Whether the source still serves the CRLs the cached verdict used (a caching source
+        answers from memory while they are fresh; a new CRL means new revocation facts)."""
+        for crl_url, body in cached.crls:
+            fetched = self._source.fetch(crl_url, kind=FetchKind.CRL)
+            if fetched.body is not body and fetched.body != body:
+                return False
+        return True
 
     # -- the judgement itself (cache miss) ---------------------------------------------------
 
@@ -125,7 +143,9 @@ class CredentialResolver:
             nb, na = validity_window(chain.path)
             lo, hi = nb.timestamp(), na.timestamp()
         # Step 19: revocation, through the same certificate source.
-        revocation, crl_findings, crl_lo, crl_hi = self._revocation(chain.path or (leaf,), moment)
+        revocation, crl_findings, crl_lo, crl_hi, crls = self._revocation(
+            chain.path or (leaf,), moment
+        )
         findings.extend(crl_findings)
         lo, hi = max(lo, crl_lo), min(hi, crl_hi)
         if crl_findings or not (lo <= at <= hi):
@@ -167,16 +187,18 @@ class CredentialResolver:
             obtained=True,
             valid_from=lo,
             valid_until=hi,
+            crls=crls,
         )
 
     def _revocation(
         self, path: tuple[StirCertificate, ...], at: datetime
-    ) -> tuple[Revocation, list[Finding], float, float]:
+    ) -> tuple[Revocation, list[Finding], float, float, tuple[tuple[str, bytes], ...]]:
         """Check every non-anchor certificate of the path against its CRL (ATIS-1000080)."""
         mode = self._policy.crl
         if mode is CrlMode.OFF:
-            return Revocation.NOT_CHECKED, [], float("-inf"), float("inf")
+            return Revocation.NOT_CHECKED, [], float("-inf"), float("inf"), ()
         findings: list[Finding] = []
+        used: list[tuple[str, bytes]] = []
         lo, hi = float("-inf"), float("inf")
         leaf_status = Revocation.GOOD
         unavailable = (
@@ -207,6 +229,7 @@ class CredentialResolver:
                 if position == 0:
                     leaf_status = unavailable
                 continue
+            used.append((crl_url, fetched.body))
             check = check_crl(cert, issuer, fetched.body, at=at)
             for finding in check.findings:
                 # A CRL that cannot be trusted is as good as no CRL: policy decides.
@@ -225,4 +248,4 @@ class CredentialResolver:
                     leaf_status = Revocation.REVOKED
             elif check.status is not RevocationStatus.GOOD and position == 0:
                 leaf_status = unavailable
-        return leaf_status, findings, lo, hi
+        return leaf_status, findings, lo, hi, tuple(used)

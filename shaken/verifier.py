@@ -79,7 +79,20 @@ class Verifier:
     ) -> None:
         self.policy = policy or Policy()
         self.trust = trust
+        self.source = source
         self.credentials = CredentialResolver(trust=trust, source=source, policy=self.policy)
+
+    def close(self) -> None:
+        """Release what the certificate source holds (an HTTP source keeps connections open)."""
+        closer = getattr(self.source, "close", None)
+        if callable(closer):
+            closer()
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- request level ----------------------------------------------------------------------
 
@@ -212,7 +225,7 @@ class Verifier:
         """Where dest must point: a div PASSporT's dest is the current target (RFC 8946 4.2)."""
         if ppt == "div" and request.request_uri is not None:
             return (request.request_uri,)
-        if request.request_uri is not None:
+        if request.request_uri is not None and request.request_uri not in request.dest:
             return (*request.dest, request.request_uri)
         return request.dest
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from analyzer.anomaly import AnomalyKind
 from analyzer.frames import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Segment
-from analyzer.tcpstream import IDLE_TIMEOUT_NS, StreamChunk, TcpReassembler
+from analyzer.tcpstream import (
+    IDLE_TIMEOUT_NS,
+    MAX_BUFFERED_SEGMENTS,
+    StreamChunk,
+    TcpReassembler,
+)
 
 A, B = "192.0.2.1", "192.0.2.2"
 STREAM = b"".join(b"INVITE sip:%d@x SIP/2.0\r\nContent-Length: 0\r\n\r\n" % i for i in range(40))
@@ -200,6 +205,9 @@ def test_property_any_segmentation_any_order(
 ) -> None:
     data = STREAM[:length]
     segs = cut(data, isn + 1, sizes)
+    # Within the reassembler's bound on buffered segments the stream is exact; past it a gap is
+    # reported by design (test_gap_given_up_when_buffer_bound_exceeded covers that side).
+    assume(len(segs) + dups < MAX_BUFFERED_SEGMENTS)
     segs += [rnd.choice(segs) for _ in range(dups)]
     rnd.shuffle(segs)
     r = TcpReassembler()

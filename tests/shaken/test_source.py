@@ -208,7 +208,7 @@ def test_bad_info_urls(url: str) -> None:
     ],
 )
 def test_info_url_options(url: str, kwargs: dict[str, object], allowed: bool) -> None:
-    assert (check_info_url(url, **kwargs) is None) is allowed  # type: ignore[arg-type]
+    assert (check_info_url(url, **kwargs) is None) is allowed
 
 
 @pytest.mark.realworld
