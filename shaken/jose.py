@@ -150,10 +150,31 @@ def canonical_json(obj: object) -> str:
     return _encode(obj)
 
 
-def canonical_json_trusted(obj: object) -> str:
-    """``canonical_json`` for values decoded from JSON text already known to hold no floats.
+class _NotFastPath(Exception):
+    """Internal: the input needs the strict (slow) decoder."""
 
-    Skips the integer-only walk (the caller guarantees it); used by the canonical-form lint on
-    the hot path. RFC 8225 section 9.
+
+def _no_float(text: str) -> object:
+    raise _NotFastPath(text)
+
+
+# The C scanner with no Python hooks except on floats and NaN/Infinity, which abort the fast path.
+_FAST_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float)
+
+
+def loads_canonical(data: bytes) -> dict[str, object] | None:
+    """The JSON object in ``data`` if ``data`` is exactly its RFC 8225 section 9 serialisation.
+
+    The common case on the hot path: a canonical object is decoded by the C scanner alone, and
+    equality with its own canonical re-serialisation proves there were no duplicate keys (a
+    duplicate would be dropped, and the re-serialisation would differ), no floats, no
+    whitespace. Returns None for anything else; callers then use ``loads_strict``, which gives
+    the exact reason. RFC 8225 section 9; RFC 7515 section 5.2.
     """
-    return _encode(obj)
+    try:
+        value = _FAST_DECODER.decode(data.decode("utf-8"))
+        if type(value) is dict and _encode(value).encode("utf-8") == data:
+            return value
+    except (ValueError, _NotFastPath, RecursionError):
+        pass
+    return None
