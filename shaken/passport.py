@@ -397,7 +397,12 @@ class DivChains:
 
     parents: dict[int, int]
     chains: tuple[DivChain, ...]
-    findings: tuple[Finding, ...]
+    # Each chain finding with the index of the PASSporT it is about.
+    located: tuple[tuple[int, Finding], ...]
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(finding for _, finding in self.located)
 
     @property
     def outermost(self) -> tuple[int, ...]:
@@ -414,7 +419,7 @@ def link_div_chains(passports: Sequence[DecodedPassport]) -> DivChains:
     RFC 8946 section 4.2; STANDARDS.md section 10 step 25.
     """
     claims = [p.claims for p in passports]
-    found: list[Finding] = []
+    found: list[tuple[int, Finding]] = []
     parents: dict[int, int] = {}
     broken: set[int] = set()
     for i, c in enumerate(claims):
@@ -423,15 +428,16 @@ def link_div_chains(passports: Sequence[DecodedPassport]) -> DivChains:
         candidates = [j for j, o in enumerate(claims) if j != i and o and c.div in o.dest]
         candidates.sort(key=lambda j: (j > i, j))  # earlier headers first
         if not candidates:
-            found.append(error(Reason.DIV_ORPHAN, f"PASSporT {i}: no PASSporT has dest {c.div}"))
+            found.append(
+                (i, error(Reason.DIV_ORPHAN, f"PASSporT {i}: no PASSporT has dest {c.div}"))
+            )
             broken.add(i)
             continue
         parent = candidates[0]
         parents[i] = parent
         if claims[parent] is not None and claims[parent].orig != c.orig:  # type: ignore[union-attr]
-            found.append(
-                error(Reason.DIV_CHAIN_BROKEN, f"PASSporT {i}: orig differs from PASSporT {parent}")
-            )
+            detail = f"PASSporT {i}: orig differs from PASSporT {parent}"
+            found.append((i, error(Reason.DIV_CHAIN_BROKEN, detail)))
             broken.add(i)
     # Cycles (A diverts to B diverts to A) cannot be chains: cut them.
     for start in list(parents):
@@ -440,7 +446,9 @@ def link_div_chains(passports: Sequence[DecodedPassport]) -> DivChains:
         while node in parents:
             node = parents[node]
             if node in seen:
-                found.append(error(Reason.DIV_CHAIN_BROKEN, f"PASSporT {start}: cyclic chain"))
+                found.append(
+                    (start, error(Reason.DIV_CHAIN_BROKEN, f"PASSporT {start}: cyclic chain"))
+                )
                 broken.add(start)
                 del parents[start]
                 break

@@ -343,12 +343,8 @@ class Verifier:
         chains = link_div_chains([p for _, p in present])
         positions = [i for i, _ in present]
         extra: dict[int, list[Finding]] = {}
-        for finding in chains.findings:
-            # The finding names a PASSporT by its position among the decoded ones.
-            for local, global_index in enumerate(positions):
-                if f"PASSporT {local}:" in finding.detail:
-                    extra.setdefault(global_index, []).append(finding)
-                    break
+        for local, finding in chains.located:
+            extra.setdefault(positions[local], []).append(finding)
         rescued: set[int] = set()
         for chain in chains.chains:
             indices = [positions[i] for i in chain.indices]
