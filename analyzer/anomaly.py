@@ -34,6 +34,12 @@ class AnomalyKind(StrEnum):
     # HEP encapsulation (hep.py).
     HEP_MALFORMED = "hep_malformed"
     HEP_UNSUPPORTED = "hep_unsupported"
+    # SIP layer and above (capture.py, calls.py, assess.py).
+    SIP_UNPARSEABLE = "sip_unparseable"
+    SIP_FRAMING = "sip_framing"
+    SIP_MISSING_CALL_ID = "sip_missing_call_id"
+    MALFORMED_IDENTITY = "malformed_identity"
+    CALL_EVICTED = "call_evicted"
 
 
 @dataclass(frozen=True, slots=True)

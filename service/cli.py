@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "service.cmd_verify",
     "service.cmd_cert",
     "service.cmd_sign",
+    "service.cmd_analyze",
 )
 
 

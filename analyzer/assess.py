@@ -1,0 +1,185 @@
+"""``assess_call``: one tracked call in, one ``CallRecord`` out -- where errors become data.
+
+Each leg's INVITE is verified as of its own capture time (or ``at_override``), with the
+verifier the run was configured with; the primary leg (the first signed one) speaks for the
+call. Whatever goes wrong while extracting or verifying one call is recorded in that call's
+record (``error``, anomalies), never raised: one odd packet must not stop an investigation.
+
+RFC 8224 section 6.2 (verification), STANDARDS.md section 9 (what to extract).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from analyzer.anomaly import Anomaly, AnomalyKind
+from analyzer.calls import Call, Leg
+from analyzer.capture import anomaly_to_json
+from analyzer.extract import party_from_uri, request_from_message
+from analyzer.records import (
+    CallRecord,
+    Identity,
+    LegRecord,
+    datetime_ns,
+    endpoint,
+    iso_datetime,
+)
+from shaken.errors import Reason
+from shaken.party import PartyKind
+from shaken.result import VerificationResult
+from shaken.verifier import Verifier
+from sip import NameAddr, Request, Response
+
+# Reasons that mean the Identity header itself could not be read (RFC 8224 section 4, RFC 8225
+# section 6-7): reported as a ``malformed_identity`` anomaly on top of the verdict.
+MALFORMED_IDENTITY_REASONS = frozenset(
+    {
+        Reason.MALFORMED_IDENTITY_HEADER,
+        Reason.MISSING_INFO_PARAM,
+        Reason.DUPLICATE_PARAM,
+        Reason.INFO_NOT_IN_ANGLE_BRACKETS,
+        Reason.MALFORMED_TOKEN,
+        Reason.INVALID_BASE64,
+        Reason.INVALID_JSON,
+        Reason.DUPLICATE_JSON_KEY,
+        Reason.INVALID_SIGNATURE_ENCODING,
+    }
+)
+
+
+def _identity(name_addr: NameAddr | None, raw: str | None) -> Identity:
+    if raw is None:
+        return Identity(None)
+    tn = None
+    if name_addr is not None:
+        try:
+            party = party_from_uri(name_addr.uri)
+        except ValueError:
+            party = None
+        if party is not None and party.kind is PartyKind.TN:
+            tn = party.value
+    return Identity(raw, tn)
+
+
+def _pai(message: Request | Response) -> Identity:
+    lines = message.headers.get_all("p-asserted-identity")
+    if not lines:
+        return Identity(None)
+    raw = ", ".join(lines)
+    values = message.p_asserted_identity
+    for value in values:
+        found = _identity(value, raw)
+        if found.tn is not None:
+            return found
+    return Identity(raw)
+
+
+def _observed_verstat(message: Request | Response) -> str | None:
+    """A verstat an upstream verifier already put on P-Asserted-Identity or From (TS 24.229
+    section 7.2A.20)."""
+    for name_addr in (*message.p_asserted_identity, message.from_):
+        if name_addr is not None and name_addr.uri.verstat:
+            return name_addr.uri.verstat
+    return None
+
+
+def verify_leg(
+    leg: Leg, verifier: Verifier, at: datetime
+) -> tuple[VerificationResult | None, str | None]:
+    """The verifier's result for a leg's INVITE, or the error that prevented one."""
+    try:
+        request = request_from_message(leg.invite.message)
+        return verifier.verify(request, at=at), None
+    # Deliberately broad: this is the one place where a failure becomes data (module doc).
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _malformed(leg: Leg, result: VerificationResult | None) -> list[Anomaly]:
+    if result is None:
+        return []
+    out = []
+    for passport in result.passports:
+        reason = passport.reason
+        if reason in MALFORMED_IDENTITY_REASONS:
+            out.append(
+                Anomaly(
+                    AnomalyKind.MALFORMED_IDENTITY, leg.invite.frame, leg.invite.ts_ns,
+                    f"Identity header {passport.index}: {reason}", leg.invite.source_file,
+                )
+            )  # fmt: skip
+    return out
+
+
+def assess_call(call: Call, verifier: Verifier, at_override: datetime | None = None) -> CallRecord:
+    """Verify every leg of ``call`` and build its record (never raises for call content).
+
+    Each INVITE is judged as of its packet timestamp unless ``at_override`` is given.
+    RFC 8224 section 6.2; ARCHITECTURE.md section 2 (assess_call).
+    """
+    primary = call.primary
+    legs: list[LegRecord] = []
+    anomalies: list[dict[str, object]] = [anomaly_to_json(a) for a in call.anomalies]
+    best: tuple[VerificationResult | None, str | None, str] = (None, None, "")
+    for leg in call.legs:
+        at = at_override or datetime_ns(leg.invite.ts_ns)
+        at_text = iso_datetime(at)
+        result, error = verify_leg(leg, verifier, at)
+        anomalies.extend(anomaly_to_json(a) for a in _malformed(leg, result))
+        if leg is primary:
+            best = (result, error, at_text)
+        legs.append(
+            LegRecord(
+                src=endpoint(leg.src, leg.sport),
+                dst=endpoint(leg.dst, leg.dport),
+                transport=leg.transport,
+                encapsulation=leg.encapsulation,
+                frame=leg.invite.frame,
+                at=at_text,
+                retransmissions=leg.retransmissions,
+                attempts=leg.attempts,
+                final_status=leg.final_status,
+                verstat=result.verstat.value if result else None,
+                status_code=result.status_code if result else None,
+                reason=result.reason.value if result and result.reason else None,
+            )
+        )
+    result, error, at_text = best
+    message = primary.invite.message
+    passport = result.best if result is not None else None
+    signer = passport.signer if passport is not None else None
+    return CallRecord(
+        call_id=call.call_id,
+        start_ns=call.start_ns,
+        src=endpoint(primary.src, primary.sport),
+        dst=endpoint(primary.dst, primary.dport),
+        transport=primary.transport,
+        encapsulation=primary.encapsulation,
+        frames=call.frames,
+        frame_sources=call.frame_sources,
+        request_uri=message.uri_text if isinstance(message, Request) else None,
+        from_=_identity(message.from_, message.headers.get("from")),
+        to=_identity(message.to, message.headers.get("to")),
+        pai=_pai(message),
+        date=message.headers.get("date"),
+        final_status=call.final_status,
+        state=call.state.value,
+        end=call.end.value,
+        verstat=result.verstat.value if result else None,
+        status_code=result.status_code if result else None,
+        reason=result.reason.value if result and result.reason else None,
+        at=at_text,
+        passports=tuple(p.to_json() for p in result.passports) if result else (),
+        anomalies=tuple(anomalies),
+        legs=tuple(legs),
+        attest=passport.attest if passport is not None else None,
+        origid=passport.origid if passport is not None else None,
+        signer_spc=signer.spc if signer is not None else None,
+        signer_org=signer.organization if signer is not None else None,
+        x5u=passport.x5u if passport is not None else None,
+        observed_verstat=_observed_verstat(message),
+        provisional=call.provisional,
+        messages=call.messages,
+        retransmissions=sum(leg.retransmissions for leg in call.legs),
+        error=error,
+    )

@@ -1,0 +1,328 @@
+"""`stirscope analyze`: every call in packet captures, with attestation, signer and verdict.
+
+Usage: ``stirscope analyze CAPTURE... [--trust PATH] [--certs DIR] [--fetch] [--at T]
+[--format table|jsonl|csv|html] [-o PATH] [--json]`` plus the verifier options of
+``stirscope verify``. CAPTURE is a pcap or pcapng file, gzip-compressed or not, or ``-`` for
+stdin; several captures are merged in time order. Each INVITE is verified as of its packet
+timestamp unless ``--at`` fixes the time. Trust anchors are required, as for ``verify``.
+
+Outputs: ``table`` (default) prints a per-call table and a summary (calls, attestation mix,
+verdicts, top signers, anomalies); ``jsonl`` one JSON object per call; ``csv`` the flat
+fields; ``html`` a self-contained report with charts. Records go to ``-o PATH`` or stdout; the
+summary then goes to stdout when ``-o`` is given, else to stderr. ``--json`` prints the
+summary (counts, anomalies, evidence manifest) as JSON instead of text. An evidence manifest
+is written to ``--manifest PATH``, or beside ``-o PATH`` as ``PATH.manifest.json``.
+
+Exit codes: 0 when the analysis ran to the end (failing calls and anomalies are results, not
+errors; a damaged capture is analysed up to the damage); 2 on usage errors (no trust anchors,
+bad option, unreadable input, a file that is not a capture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+from analyzer.capture import anomaly_to_json
+from analyzer.manifest import build_manifest
+from analyzer.pcapfile import NotACaptureError
+from analyzer.records import (
+    CSV_FIELDS,
+    CallRecord,
+    Summary,
+    csv_line,
+    jsonl_line,
+    signer_label,
+)
+from analyzer.report_html import render_html
+from analyzer.run import AnalyzeJob, AnalyzeOptions, RunStats
+from analyzer.trustload import TrustLoadError
+from service.cmd_verify import UsageError, add_verifier_options, config_from_args, parse_at
+
+FORMATS = ("table", "jsonl", "csv", "html")
+# Calls listed in the HTML report (all are counted in its summary and charts): a case-file
+# attachment stays openable in a browser; JSONL has every call.
+MAX_HTML_CALLS = 5000
+# Seconds between progress-bar redraws on a TTY.
+PROGRESS_INTERVAL_S = 0.25
+# Worker processes by default: both cores of the reference machine (ARCHITECTURE.md 5).
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="analyse packet captures: every call with attestation, signer and verdict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng[.gz] or -")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="record format")
+    parser.add_argument("-o", "--output", metavar="PATH", help="write records here")
+    parser.add_argument("--json", action="store_true", help="summary as JSON")
+    parser.add_argument(
+        "--at",
+        metavar="EPOCH|ISO8601",
+        help="verify every call as of this time (default: each INVITE's packet time)",
+    )
+    parser.add_argument("--manifest", metavar="PATH", help="write the evidence manifest here")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"verification processes (default {DEFAULT_WORKERS}; 1 = in-process)",
+    )
+    parser.add_argument(
+        "--verify-checksums",
+        action="store_true",
+        help="check IP/UDP/TCP checksums (report bad_checksum anomalies)",
+    )
+    add_verifier_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (UsageError, TrustLoadError) as exc:
+        print(f"stirscope analyze: {exc}", file=sys.stderr)
+        return 2
+
+
+def _open_job(args: argparse.Namespace) -> AnalyzeJob:
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.captures.count("-") > 1:
+        raise UsageError("stdin (-) can be given once")
+    options = AnalyzeOptions(
+        config=config_from_args(args),
+        at_override=parse_at(args.at),
+        workers=args.workers,
+        verify_checksums=args.verify_checksums,
+    )
+    try:
+        return AnalyzeJob(args.captures, options)
+    except NotACaptureError as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    job = _open_job(args)
+    with contextlib.ExitStack() as stack:
+        stack.callback(job.close)
+        out: TextIO = sys.stdout
+        if args.output:
+            try:
+                out = stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.output}: {exc.strerror}") from exc
+        progress = _Progress(job) if sys.stderr.isatty() else None
+        if args.json and args.format == "table" and not args.output:
+            kept = []
+            for _result in job.results(None, progress.update if progress else None):
+                pass  # the JSON summary replaces the table on stdout
+        else:
+            kept = _write(job, args.format, out, progress)
+        if progress is not None:
+            progress.done()
+        manifest = build_manifest(
+            inputs=job.inputs(),
+            trust=job.verifier.trust,
+            config=job.options.config,
+            at_override=job.options.at_override,
+            summary=job.summary,
+            stats=job.stats,
+            output_format=args.format,
+        )
+        anomalies = [anomaly_to_json(a) for a in job.anomalies]
+        if args.format == "html":
+            out.write(
+                render_html(
+                    summary=job.summary,
+                    manifest=manifest,
+                    records=kept,
+                    anomalies=anomalies,
+                    omitted_records=job.summary.calls - len(kept),
+                    omitted_anomalies=job.stats.anomalies - len(anomalies),
+                )
+            )
+        manifest_path = args.manifest or (f"{args.output}.manifest.json" if args.output else None)
+        if manifest_path:
+            _write_json(Path(manifest_path), manifest)
+    summary_out = sys.stdout if (args.output or args.format == "table") else sys.stderr
+    if args.json:
+        document = {
+            "summary": job.summary.to_json(),
+            "anomalies": anomalies,
+            "manifest": manifest,
+        }
+        summary_out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    else:
+        write_summary(job.summary, job.stats, manifest, anomalies, summary_out)
+    return 0
+
+
+def _write_json(path: Path, document: dict[str, object]) -> None:
+    try:
+        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _write(job: AnalyzeJob, fmt: str, out: TextIO, progress: _Progress | None) -> list[CallRecord]:
+    """Stream the records in ``fmt``; returns the records kept for an HTML report."""
+    update = progress.update if progress else None
+    kept: list[CallRecord] = []
+    if fmt == "html":
+        for record in job.records(update):
+            if len(kept) < MAX_HTML_CALLS:
+                kept.append(record)
+        return kept
+    if fmt == "csv":
+        out.write(",".join(CSV_FIELDS) + "\n")
+    render = {"jsonl": jsonl_line, "csv": csv_line, "table": table_line}[fmt]
+    if fmt == "table":
+        out.write(table_header())
+    rows = 0
+    for _digest, text in job.results(render, update):
+        out.write(str(text))
+        rows += 1
+    if fmt == "table":
+        out.write("(no calls)\n\n" if not rows else "\n")
+    return kept
+
+
+def dump_jsonl(record: CallRecord) -> str:
+    """One JSONL line without its newline."""
+    return jsonl_line(record).rstrip("\n")
+
+
+_VERDICT_SHORT = {
+    "TN-Validation-Passed": "passed",
+    "TN-Validation-Failed": "FAILED",
+    "No-TN-Validation": "none",
+}
+
+
+TABLE_COLUMNS = (
+    ("start (UTC)", 23), ("call-id", 28), ("from", 12), ("to", 12), ("tr", 7), ("att", 3),
+    ("verdict", 7), ("code/reason", 24), ("signer", 24), ("final", 5),
+)  # fmt: skip
+
+
+def _table_text(cells: list[str]) -> str:
+    text = "  ".join(
+        (c if len(c) <= w else c[: w - 1] + "~").ljust(w)
+        for c, (_n, w) in zip(cells, TABLE_COLUMNS, strict=True)
+    )
+    return text.rstrip() + "\n"
+
+
+def table_header() -> str:
+    return _table_text([name for name, _ in TABLE_COLUMNS])
+
+
+def table_line(r: CallRecord) -> str:
+    """One row of the per-call terminal table."""
+    code = f"{r.status_code or ''} {r.reason or r.error or ''}".strip()
+    transport = f"hep/{r.transport}" if r.encapsulation == "hep" else r.transport
+    signer = signer_label(r.signer_spc, r.signer_org) if (r.signer_spc or r.signer_org) else ""
+    return _table_text(
+        [
+            r.start[:23].replace("T", " "), r.call_id, r.from_.tn or r.from_.raw or "",
+            r.to.tn or r.to.raw or "", transport, r.attest or "-",
+            _VERDICT_SHORT.get(r.verstat or "", "error"), code or "-", signer or "-",
+            str(r.final_status or "-"),
+        ]
+    )  # fmt: skip
+
+
+def by_count(counter: Counter[str]) -> list[tuple[str, int]]:
+    """Most frequent first, ties by name (deterministic)."""
+    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _counts(items: Iterable[tuple[str, int]]) -> str:
+    text = ", ".join(f"{k} {v}" for k, v in items)
+    return text or "-"
+
+
+def write_summary(
+    summary: Summary,
+    stats: RunStats,
+    manifest: dict[str, object],
+    anomalies: list[dict[str, object]],
+    out: TextIO,
+) -> None:
+    """The terminal summary: calls, attestation mix, verdicts, top signers, anomalies."""
+    inputs = manifest.get("inputs")
+    listed = inputs if isinstance(inputs, list) else []
+    size = sum(int(i.get("size", 0)) for i in listed if isinstance(i, dict))
+    t = stats.tracker
+    out.write(
+        f"{summary.calls} calls in {len(listed)} capture(s), {size:,} bytes; "
+        f"{stats.sip_messages} SIP messages, {t.invites} INVITEs "
+        f"({t.retransmissions} retransmitted)\n"
+    )
+    out.write(f"  verdicts:     {_counts(by_count(summary.verstat))}\n")
+    out.write(f"  attestation:  {_counts(sorted(summary.attest.items()))}\n")
+    out.write(f"  top signers:  {_counts(by_count(summary.signers)[:5])}\n")
+    out.write(f"  failures:     {_counts(by_count(summary.reasons)[:6])}\n")
+    out.write(f"  SIP final:    {_counts(by_count(summary.final_status))}\n")
+    out.write(f"  transports:   {_counts(by_count(summary.transports))}\n")
+    out.write(f"  anomalies:    {_counts(by_count(summary.anomalies))}\n")
+    tls = summary.anomalies.get("tls_flow", 0)
+    if tls:
+        out.write(f"                {tls} TLS flow(s) seen: SIP over TLS cannot be decrypted\n")
+    for a in anomalies[:10]:
+        out.write(f"    frame {a.get('frame')}: {a.get('kind')}: {a.get('detail')}\n")
+    if len(anomalies) > 10 or stats.anomalies > len(anomalies):
+        out.write(f"    ... {stats.anomalies - min(10, len(anomalies))} more\n")
+    unmatched = sum(t.unmatched.values())
+    if unmatched or t.late_messages:
+        out.write(
+            f"  not in calls: {_counts(sorted(t.unmatched.items()))}; late {t.late_messages}\n"
+        )
+    for item in listed:
+        if isinstance(item, dict):
+            out.write(f"  input:        {item.get('name')} sha256 {item.get('sha256')}\n")
+    trust = manifest.get("trust_store")
+    if isinstance(trust, dict):
+        out.write(f"  trust store:  sha256 {trust.get('fingerprint_sha256')}\n")
+    when = manifest.get("verification_time")
+    if isinstance(when, dict):
+        mode = "each INVITE's packet time" if when.get("at") is None else when.get("at")
+        out.write(f"  verified as of {mode}\n")
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only used when stderr is a TTY)."""
+
+    def __init__(self, job: AnalyzeJob) -> None:
+        self.job = job
+        self.last = 0.0
+
+    def update(self, calls: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last = now
+        read, total = self.job.bytes_read, self.job.total_bytes
+        share = f" {100 * read / total:5.1f}%" if total else ""
+        sys.stderr.write(f"\ranalyze:{share} {read / 1e6:,.1f} MB, {calls:,} calls ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
