@@ -1,0 +1,200 @@
+"""The SIP verification server's answers: response bytes, Reason: STIR headers, verstat.
+
+Pure functions over a parsed request and a verification result, used by `SipServerCore`:
+``encode_response`` serialises a body-less response (RFC 3261 section 8.2.6.2),
+``stir_reasons`` builds the RFC 9410 ``Reason: STIR`` headers, ``with_verstat`` and
+``without_tag`` shape the identities a 302 hands back (3GPP TS 24.229 section 7.2A.20), and
+``record_of`` is what ``stirscope listen -o`` writes per call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from analyzer.version import __version__
+from shaken.errors import phrase_for
+from shaken.result import PassportResult, VerificationResult, Verstat
+from sip import Request, add_uri_param, derive_to_tag
+
+SERVER_HEADER = f"stirscope/{__version__}"
+_TAG_PARAM = re.compile(r";\s*tag\s*=[^;]*", re.IGNORECASE)
+# RFC 3261 section 25.1: hnv-unreserved and unreserved characters stay as they are in a URI
+# header value; everything else is %-escaped.
+_HNV_SAFE = "[]/?:+$-_.!~*'()"
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRecord:
+    """One verified call as written to JSONL by ``stirscope listen -o``."""
+
+    at: datetime
+    call_id: str | None
+    from_: str | None
+    to: str | None
+    verstat: Verstat
+    status: int  # the SIP status answered
+    status_code: int | None  # the verifier's RFC 8224 code (None when passed)
+    reason: str | None
+    attest: str | None
+    origid: str | None
+    signer_spc: str | None
+    signer_org: str | None
+    x5u: str | None
+    identities: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "call_id": self.call_id,
+            "from": self.from_,
+            "to": self.to,
+            "verstat": self.verstat.value,
+            "status": self.status,
+            "status_code": self.status_code,
+            "reason": self.reason,
+            "attest": self.attest,
+            "origid": self.origid,
+            "signer_spc": self.signer_spc,
+            "signer_org": self.signer_org,
+            "x5u": self.x5u,
+            "identities": self.identities,
+        }
+
+
+def encode_response(
+    request: Request, status: int, phrase: str, extra: Sequence[tuple[str, str]]
+) -> bytes:
+    """The bytes of a body-less response to ``request``: Via (every value, in order), From,
+    To (with a derived tag unless 100 or already tagged), Call-ID and CSeq copied, then
+    ``extra``. The same message as ``sip.response_to(...).to_bytes()``, serialised directly:
+    the server's hot path cannot afford parsing its own answer back.
+
+    RFC 3261 section 8.2.6.2.
+    """
+    headers = request.headers
+    lines = [f"SIP/2.0 {status} {phrase}"]
+    lines.extend(f"Via: {value}" for value in headers.get_all("via"))
+    from_value = headers.get("from")
+    if from_value is not None:
+        lines.append(f"From: {from_value}")
+    to_value = headers.get("to")
+    if to_value is not None:
+        to = request.to
+        if status != 100 and to is not None and to.tag is None:
+            to_value = f"{to_value};tag={derive_to_tag(request)}"
+        lines.append(f"To: {to_value}")
+    call_id = headers.get("call-id")
+    if call_id is not None:
+        lines.append(f"Call-ID: {call_id}")
+    cseq = headers.get("cseq")
+    if cseq is not None:
+        lines.append(f"CSeq: {cseq}")
+    for name, value in extra:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"line break in header {name!r}")
+        lines.append(f"{name}: {value}")
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def _reason_header(code: int, phrase: str, ppi: str | None = None) -> tuple[str, str]:
+    """``Reason: STIR;cause=<code>;text="<phrase>"[;ppi="<compact>"]`` (RFC 9410 sections 3, 5)."""
+    text = phrase.replace("\\", "\\\\").replace('"', '\\"')
+    value = f'STIR;cause={code};text="{text}"'
+    if ppi is not None:
+        value += f';ppi="{ppi}"'
+    return ("Reason", value)
+
+
+def _compact(token: str) -> str | None:
+    """The compact form ``header..signature`` of a full-form token (RFC 8225 section 7)."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(p.replace("-", "").replace("_", "").isalnum() for p in parts):
+        return None
+    return f"{parts[0]}..{parts[2]}"
+
+
+def _token_of(identity: str) -> str:
+    return identity.split(";", 1)[0].strip()
+
+
+def _failed(passports: Sequence[PassportResult]) -> list[PassportResult]:
+    return [p for p in passports if not p.ignored and not p.valid and p.status_code]
+
+
+def stir_reasons(result: VerificationResult) -> list[tuple[str, str]]:
+    """The ``Reason: STIR`` headers for ``result``: one per failed PASSporT (with ``ppi`` when
+    several Identity headers arrived, to say which), or the request-level code when no single
+    PASSporT carries one (e.g. 428, no Identity header). RFC 9410 sections 4-6."""
+    failed = _failed(result.passports)
+    several = len(result.passports) > 1
+    headers = []
+    for p in failed:
+        assert p.status_code is not None
+        text = phrase_of(p.status_code)
+        ppi = _compact(_token_of(p.identity)) if several else None
+        headers.append(_reason_header(p.status_code, text, ppi))
+    if not headers and result.status_code is not None:
+        headers.append(_reason_header(result.status_code, result.reason_phrase or "Unknown"))
+    return headers
+
+
+def phrase_of(code: int) -> str:
+    return phrase_for(code) or "Unknown"
+
+
+def with_verstat(value: str, verstat: Verstat) -> str:
+    """A name-addr value with ``verstat`` on its URI; unchanged for URIs that take no
+    parameters (TS 24.229 section 7.2A.20 places it on tel and SIP URIs only)."""
+    try:
+        return add_uri_param(value, "verstat", verstat.value)
+    except ValueError:
+        return value
+
+
+def without_tag(value: str) -> str:
+    """A From value as a new request would carry it: in name-addr form and without the tag
+    (the redirected request gets a tag of its own; RFC 3261 section 8.1.1.3 and 20.10)."""
+    gt = value.rfind(">")
+    if value.lstrip().startswith(("<", '"')) or ("<" in value and gt > 0):
+        return value[: gt + 1] + _TAG_PARAM.sub("", value[gt + 1 :])
+    uri, _, params = value.strip().partition(";")  # addr-spec: every ';' param is a header param
+    rest = _TAG_PARAM.sub("", f";{params}") if params else ""
+    return f"<{uri}>{rest}"
+
+
+def uri_headers(pairs: Sequence[tuple[str, str]]) -> str:
+    return "&".join(f"{name}={quote(value, safe=_HNV_SAFE)}" for name, value in pairs)
+
+
+def _summary_party(message: Request, name: str) -> str | None:
+    value = message.headers.get(name)
+    return value.strip() if value is not None else None
+
+
+def record_of(
+    request: Request, at: datetime, result: VerificationResult, status: int
+) -> VerificationRecord:
+    """The JSONL record of one answered INVITE (the deciding PASSporT's claims and signer)."""
+    best = result.best
+    signer = best.signer if best else None
+    return VerificationRecord(
+        at=at,
+        call_id=request.call_id,
+        from_=_summary_party(request, "from"),
+        to=_summary_party(request, "to"),
+        verstat=result.verstat,
+        status=status,
+        status_code=result.status_code,
+        reason=result.reason.value if result.reason else None,
+        attest=best.attest if best else None,
+        origid=best.origid if best else None,
+        signer_spc=signer.spc if signer else None,
+        signer_org=signer.organization if signer else None,
+        x5u=best.x5u if best else None,
+        identities=len(result.passports),
+    )

@@ -1,0 +1,520 @@
+"""The SIP verification server's decisions, sans-IO: request bytes in, response bytes out.
+
+Theory of operation. ``SipServerCore.receive(data, at=...)`` parses one message and returns a
+`Decision`: a response to send now (OPTIONS, errors, a cached answer), a `VerificationJob` to
+run through a verifier (INVITE), or nothing (ACK, unanswerable input, counted by reason). The
+caller runs the job wherever it likes (the asyncio server uses a thread pool, tests call the
+verifier inline) and hands the result to ``complete``, which builds the answer:
+
+* default policy: ``302 Moved Temporarily`` with a Contact carrying the original Request-URI,
+  the P-Asserted-Identity values with ``verstat`` added (3GPP TS 24.229 section 7.2A.20), the
+  same PAI and From values with ``verstat`` as URI headers of that Contact (RFC 3261 section
+  19.1.5: the redirected request takes them), and one ``Reason: STIR`` header per failed
+  PASSporT (RFC 9410 sections 4-6);
+* ``reject=True``: a failed verification is answered with its RFC 8224 status code instead
+  (403/428/436/437/438, RFC 8224 section 6.2.2).
+
+Server transactions (RFC 3261 section 17.2.3) are keyed on the top Via branch, its sent-by
+and the method (ACK and CANCEL are matched to the INVITE); the final answer is kept for 64*T1
+so a retransmission gets the same bytes without a second verification. The table is bounded
+and expires entries in the injected time (``at``), never the clock. Not thread-safe: one
+owner (the event loop) calls it; only ``Verifier.verify`` runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from analyzer.extract import request_from_message
+from analyzer.sipanswer import (
+    SERVER_HEADER,
+    VerificationRecord,
+    encode_response,
+    phrase_of,
+    record_of,
+    stir_reasons,
+    uri_headers,
+    with_verstat,
+    without_tag,
+)
+from shaken.result import VerificationResult, Verstat
+from shaken.verifier import VerificationRequest
+from sip import Request, Response, SipParseError, parse_message
+from sip.defects import SipReason
+from sip.limits import MAX_MESSAGE_BYTES
+
+# RFC 3261 section 17.1.1.1: T1 = 500 ms; an INVITE server transaction that sent a non-2xx
+# final answer waits 64*T1 for the ACK (Timer H), a non-INVITE one absorbs retransmissions for
+# 64*T1 (Timer J). Both bound how long a retransmission can still arrive.
+TRANSACTION_TTL_S = 64 * 0.5
+# Transactions remembered at once. Sized for ~2,000 calls/s over the 32 s window; at ~1 kB per
+# stored answer that is at most ~64 MB. Beyond it the oldest are evicted (counted).
+MAX_TRANSACTIONS = 65_536
+# x5u URLs remembered as "seen" (a certificate cache behind them is warm): a cold one makes
+# the server send 100 Trying first (RFC 3261 section 17.2.1). 253 hosts served all US SHAKEN
+# certificates over three years (martinisecurity reports); a few thousand URLs is ample.
+MAX_KNOWN_X5U = 4_096
+# RFC 3261 section 20.33: Retry-After in seconds on a 503 when shedding load. A few seconds
+# lets a short burst drain before the SBC retries this server.
+DEFAULT_RETRY_AFTER_S = 5
+# Identities decorated with verstat, remembered: callers and trunks repeat (the same PAI on
+# every call of a trunk), and decorating is a URI parse and rebuild. A plain dict cleared when
+# full keeps it bounded without LRU bookkeeping on the hot path.
+MAX_VERSTAT_MEMO = 4_096
+# RFC 3261 section 16.6 step 8 / section 20.42: the magic cookie of RFC 3261 branches.
+MAGIC_COOKIE = "z9hG4bK"
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "OPTIONS")
+# Methods this server recognises but does not allow (RFC 3261 section 8.2.1: 405 with Allow);
+# anything else is unknown and gets 501 (RFC 3261 section 21.5.2). RFC 3261, 3262 (PRACK),
+# 3311 (UPDATE), 3428 (MESSAGE), 3515 (REFER), 3903 (PUBLISH), 6086 (INFO), 6665.
+KNOWN_METHODS = frozenset(
+    {
+        "REGISTER",
+        "BYE",
+        "PRACK",
+        "UPDATE",
+        "INFO",
+        "MESSAGE",
+        "REFER",
+        "PUBLISH",
+        "SUBSCRIBE",
+        "NOTIFY",
+    }
+)
+# Headers RFC 3261 section 8.1.1 makes mandatory that a response cannot do without (Max-Forwards
+# is tolerated: it only matters to proxies).
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+# Truncation and Content-Length problems that make a request a 400 (RFC 3261 section 18.3:
+# a datagram that ends before its body, or before the blank line ending its headers).
+_TRUNCATION_DEFECTS = frozenset(
+    {
+        SipReason.MISSING_HEADER_TERMINATOR,
+        SipReason.CONTENT_LENGTH_EXCEEDS_DATA,
+        SipReason.INVALID_CONTENT_LENGTH,
+        SipReason.CONFLICTING_CONTENT_LENGTH,
+    }
+)
+_INFO_URL = re.compile(r";\s*info\s*=\s*<([^>]*)>", re.IGNORECASE)
+_URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+
+
+class Action(StrEnum):
+    """What the server does with one received message."""
+
+    REPLY = "reply"  # send ``response`` (built now)
+    VERIFY = "verify"  # verify ``job``, then ``complete``; send ``response`` (100) first if set
+    RETRANSMIT = "retransmit"  # resend ``response`` (the stored answer); None: still pending
+    ABSORB = "absorb"  # an ACK: nothing to send
+    DROP = "drop"  # not answerable: nothing to send, ``drop`` says why
+
+
+class DropReason(StrEnum):
+    """Why a message got no response (each one is counted, never silent)."""
+
+    UNPARSEABLE = "unparseable"  # not a SIP message at all
+    TOO_LARGE = "too_large"  # over the size limit and no header block to answer from
+    UNANSWERABLE = "unanswerable"  # a request without the Via/CSeq a response needs
+    STRAY_RESPONSE = "stray_response"  # a response: this server never sends requests
+    KEEPALIVE = "keepalive"  # CRLF keep-alive datagram (RFC 5626 section 3.5.1 style)
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationJob:
+    """An INVITE waiting for the verifier: the parsed request and the verification time (the
+    arrival time). ``verification_request()`` extracts what the verifier needs; it is called
+    where the verifier runs (a worker thread), keeping the event loop's share of the work to
+    parsing and answering. RFC 8224 section 6.2."""
+
+    key: tuple[str, str, str]
+    request: Request
+    at: datetime
+    x5u: tuple[str, ...]
+    cold: bool  # some x5u not seen before: a certificate fetch may follow
+
+    def verification_request(self) -> VerificationRequest:
+        """The verifier's input: identities, parties and Date (RFC 8224 sections 6.2, 8)."""
+        return request_from_message(self.request)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of ``receive``: what to send and what to do next."""
+
+    action: Action
+    response: bytes | None = None
+    status: int | None = None
+    method: str | None = None
+    job: VerificationJob | None = None
+    drop: DropReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The answer to a verified INVITE and the record of it."""
+
+    response: bytes
+    status: int
+    record: VerificationRecord
+
+
+@dataclass(slots=True)
+class _Transaction:
+    expires: float
+    response: bytes | None = None  # the last response sent (100 Trying or the final answer)
+    final: bool = False
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of everything the core decided (plain numbers; metrics mirror them)."""
+
+    requests: Counter[str] = field(default_factory=Counter)  # by method
+    responses: Counter[int] = field(default_factory=Counter)  # by status
+    drops: Counter[str] = field(default_factory=Counter)  # by DropReason
+    verstat: Counter[str] = field(default_factory=Counter)
+    retransmissions: int = 0
+    acks: int = 0
+    evictions: int = 0
+
+
+def _now(at: datetime) -> float:
+    return at.timestamp()
+
+
+class SipServerCore:
+    """Decisions of the SIP verification server (sans-IO; see the module docstring).
+
+    ``reject``: answer failed verifications with their RFC 8224 code instead of a 302.
+    RFC 3261 sections 8.2, 17.2 and 21; RFC 8224 section 6.2.2; RFC 9410.
+    """
+
+    def __init__(
+        self,
+        *,
+        reject: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        transaction_ttl_s: float = TRANSACTION_TTL_S,
+        max_transactions: int = MAX_TRANSACTIONS,
+        retry_after_s: int = DEFAULT_RETRY_AFTER_S,
+    ) -> None:
+        if max_transactions < 1 or transaction_ttl_s <= 0 or max_message_bytes < 1:
+            raise ValueError("limits must be positive")
+        self.reject = reject
+        self.max_message_bytes = max_message_bytes
+        self.transaction_ttl_s = transaction_ttl_s
+        self.max_transactions = max_transactions
+        self.retry_after_s = retry_after_s
+        self.stats = ServerStats()
+        self._transactions: OrderedDict[tuple[str, str, str], _Transaction] = OrderedDict()
+        self._known_x5u: OrderedDict[str, None] = OrderedDict()
+        self._verstat_memo: dict[tuple[str, Verstat], str] = {}
+
+    # -- receiving -------------------------------------------------------------------------
+
+    @property
+    def transactions(self) -> int:
+        """Transactions currently remembered (bounded by ``max_transactions``)."""
+        return len(self._transactions)
+
+    def receive(self, data: bytes, *, at: datetime) -> Decision:
+        """Decide what to do with one datagram or framed stream message arriving at ``at``.
+
+        RFC 3261 sections 8.2, 17.2.3 and 18.3.
+        """
+        self._expire(_now(at))
+        if len(data) > self.max_message_bytes:
+            return self._too_large(data)
+        if not data.strip(b"\r\n\t \x00"):
+            return self._dropped(DropReason.KEEPALIVE)
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            return self._dropped(DropReason.UNPARSEABLE)
+        return self._message(message, at)
+
+    def receive_message(self, message: Request | Response, *, at: datetime) -> Decision:
+        """``receive`` for a message already parsed (a TCP framer's output).
+
+        RFC 3261 sections 8.2 and 17.2.3.
+        """
+        self._expire(_now(at))
+        return self._message(message, at)
+
+    def _message(self, message: Request | Response, at: datetime) -> Decision:
+        if isinstance(message, Response):
+            return self._dropped(DropReason.STRAY_RESPONSE)
+        return self._request(message, at)
+
+    def _dropped(self, reason: DropReason, method: str | None = None) -> Decision:
+        self.stats.drops[reason.value] += 1
+        return Decision(Action.DROP, method=method, drop=reason)
+
+    def _reply(
+        self, request: Request, status: int, phrase: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> Decision:
+        data = self._build(request, status, phrase, extra)
+        return Decision(Action.REPLY, data, status, request.method)
+
+    def _build(
+        self, request: Request, status: int, phrase: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> bytes:
+        self.stats.responses[status] += 1
+        return encode_response(request, status, phrase, [*extra, ("Server", SERVER_HEADER)])
+
+    def _too_large(self, data: bytes) -> Decision:
+        """Over the limit: 513 when the header block is within it (RFC 3261 section 21.5.13)."""
+        end = data.find(b"\r\n\r\n", 0, self.max_message_bytes)
+        if end < 0:
+            return self._dropped(DropReason.TOO_LARGE)
+        try:
+            message = parse_message(data[: end + 4])
+        except SipParseError:
+            return self._dropped(DropReason.TOO_LARGE)
+        if not isinstance(message, Request) or not self._answerable(message):
+            return self._dropped(DropReason.TOO_LARGE)
+        self.stats.requests[message.method] += 1
+        if message.method == "ACK":
+            self.stats.acks += 1
+            return Decision(Action.ABSORB, method="ACK")
+        return self._reply(message, 513, "Message Too Large")
+
+    @staticmethod
+    def _answerable(request: Request) -> bool:
+        """A response needs the top Via (to be routed and matched) and CSeq (RFC 3261 8.2.6)."""
+        return bool(request.via) and request.cseq is not None
+
+    @staticmethod
+    def _key(request: Request, method: str) -> tuple[str, str, str]:
+        """Server transaction key (RFC 3261 section 17.2.3); for branches without the magic
+        cookie (RFC 2543 clients) the Call-ID, From tag and CSeq number stand in."""
+        via = request.via[0]
+        branch = via.branch or ""
+        if not branch.startswith(MAGIC_COOKIE):
+            from_tag = request.from_.tag if request.from_ else ""
+            seq = request.cseq.number if request.cseq else 0
+            branch = f"2543|{request.call_id}|{from_tag}|{seq}|{branch}"
+        return (branch, via.sent_by.lower(), method)
+
+    def _request(self, request: Request, at: datetime) -> Decision:
+        method = request.method
+        self.stats.requests[method] += 1
+        if not self._answerable(request):
+            return self._dropped(DropReason.UNANSWERABLE, method)
+        if method == "ACK":
+            # Absorbed: it confirms our non-2xx answer (RFC 3261 section 17.2.1) or matches
+            # nothing at all; an ACK never gets a response.
+            self.stats.acks += 1
+            return Decision(Action.ABSORB, method=method)
+        key = self._key(request, method)
+        known = self._transactions.get(key)
+        if known is not None:
+            self.stats.retransmissions += 1
+            return Decision(Action.RETRANSMIT, known.response, None, method)
+        bad = self._malformed(request)
+        if bad is not None:
+            return self._remember(key, at, self._reply(request, *bad))
+        if method == "CANCEL":
+            return self._remember(key, at, self._cancel(request))
+        if request.to is not None and request.to.tag is not None:
+            # An in-dialog request: this server never creates dialogs (RFC 3261 section 12.2.2).
+            return self._remember(
+                key, at, self._reply(request, 481, "Call/Transaction Does Not Exist")
+            )
+        unsupported = self._unsupported_extensions(request)
+        if unsupported:
+            return self._remember(
+                key, at, self._reply(request, 420, "Bad Extension", [("Unsupported", unsupported)])
+            )
+        if method == "OPTIONS":
+            return self._remember(key, at, self._reply(request, 200, "OK", self._capabilities()))
+        if method == "INVITE":
+            return self._invite(request, key, at)
+        if method in KNOWN_METHODS:
+            allow = [("Allow", ", ".join(ALLOWED_METHODS))]
+            return self._remember(key, at, self._reply(request, 405, "Method Not Allowed", allow))
+        return self._remember(key, at, self._reply(request, 501, "Not Implemented"))
+
+    def _malformed(self, request: Request) -> tuple[int, str] | None:
+        """A status for a request that parsed but cannot be served (RFC 3261 section 8.2)."""
+        for defect in request.parse_defects:
+            if defect.code is SipReason.UNSUPPORTED_VERSION:
+                return 505, "Version Not Supported"  # section 21.5.7
+            if defect.code in _TRUNCATION_DEFECTS:
+                return 400, "Bad Request"  # section 18.3: truncated or bad Content-Length
+        headers = request.headers
+        for name in _REQUIRED:
+            if name not in headers:
+                return 400, "Bad Request"  # section 8.1.1
+        cseq = request.cseq
+        if cseq is None or cseq.method != request.method:
+            return 400, "Bad Request"  # section 8.2.6 / 20.16: CSeq method must match
+        if request.method not in ("ACK", "CANCEL"):
+            uri = request.uri
+            if uri is None or uri.scheme not in _URI_SCHEMES:
+                return 416, "Unsupported URI Scheme"  # section 8.2.2.1
+        return None
+
+    @staticmethod
+    def _unsupported_extensions(request: Request) -> str:
+        """Option tags in Require: this server supports none (RFC 3261 section 8.2.2.3)."""
+        tags = [v.strip() for v in request.headers.values("require") if v.strip()]
+        return ", ".join(tags)
+
+    @staticmethod
+    def _capabilities() -> list[tuple[str, str]]:
+        """What OPTIONS answers (RFC 3261 section 11.2)."""
+        return [("Allow", ", ".join(ALLOWED_METHODS)), ("Accept", "application/sdp")]
+
+    def _cancel(self, request: Request) -> Decision:
+        """CANCEL: 200 when the INVITE transaction exists (a pending one then ends with 487),
+        481 otherwise. RFC 3261 section 9.2."""
+        invite = self._transactions.get(self._key(request, "INVITE"))
+        if invite is None:
+            return self._reply(request, 481, "Call/Transaction Does Not Exist")
+        if not invite.final:
+            invite.cancelled = True
+        return self._reply(request, 200, "OK")
+
+    def _remember(self, key: tuple[str, str, str], at: datetime, decision: Decision) -> Decision:
+        entry = _Transaction(_now(at) + self.transaction_ttl_s, decision.response, final=True)
+        self._store(key, entry)
+        return decision
+
+    def _store(self, key: tuple[str, str, str], entry: _Transaction) -> None:
+        self._transactions[key] = entry
+        self._transactions.move_to_end(key)
+        while len(self._transactions) > self.max_transactions:
+            self._transactions.popitem(last=False)
+            self.stats.evictions += 1
+
+    def _expire(self, now: float) -> None:
+        # Entries are stored in arrival order with the same TTL, so the oldest expire first.
+        table = self._transactions
+        while table:
+            key, entry = next(iter(table.items()))
+            if entry.expires > now:
+                break
+            del table[key]
+
+    # -- INVITE ----------------------------------------------------------------------------
+
+    def _invite(self, request: Request, key: tuple[str, str, str], at: datetime) -> Decision:
+        urls = (m.group(1).strip() for v in request.identity_values for m in _INFO_URL.finditer(v))
+        x5u = tuple(dict.fromkeys(urls))
+        cold = any(url not in self._known_x5u for url in x5u)
+        job = VerificationJob(key, request, at, x5u, cold)
+        entry = _Transaction(_now(at) + self.transaction_ttl_s)
+        trying = None
+        if cold:
+            # A certificate fetch may follow: tell the client the request is being worked on
+            # (RFC 3261 section 17.2.1) so it stops retransmitting.
+            trying = self._build(request, 100, "Trying")
+            entry.response = trying
+        self._store(key, entry)
+        return Decision(Action.VERIFY, trying, 100 if trying else None, "INVITE", job)
+
+    def trying(self, job: VerificationJob) -> bytes | None:
+        """A 100 Trying for a job still pending with nothing sent yet (the caller's timer:
+        RFC 3261 section 17.2.1 asks for it when the answer takes over 200 ms), else None."""
+        entry = self._transactions.get(job.key)
+        if entry is None or entry.final or entry.response is not None:
+            return None
+        entry.response = self._build(job.request, 100, "Trying")
+        return entry.response
+
+    def complete(self, job: VerificationJob, result: VerificationResult) -> Completion:
+        """The final answer to a verified INVITE (stored for retransmissions) and its record.
+
+        RFC 8224 section 6.2.2, RFC 9410, 3GPP TS 24.229 section 7.2A.20.
+        """
+        for url in job.x5u:
+            self._known_x5u[url] = None
+            self._known_x5u.move_to_end(url)
+        while len(self._known_x5u) > MAX_KNOWN_X5U:
+            self._known_x5u.popitem(last=False)
+        self.stats.verstat[result.verstat.value] += 1
+        entry = self._transactions.get(job.key)
+        if entry is not None and entry.cancelled:
+            status, data = 487, self._build(job.request, 487, "Request Terminated")
+        else:
+            status, data = self._answer(job.request, result)
+        self._finish(job, data)
+        return Completion(data, status, record_of(job.request, job.at, result, status))
+
+    def shed(self, job: VerificationJob) -> bytes:
+        """503 with Retry-After for a job the server has no room for (RFC 3261 section 21.5.4
+        and 20.33); stored, so retransmissions get the same answer without verifying."""
+        data = self._build(
+            job.request, 503, "Service Unavailable", [("Retry-After", str(self.retry_after_s))]
+        )
+        self._finish(job, data)
+        return data
+
+    def fail(self, job: VerificationJob) -> bytes:
+        """500 when the verifier itself broke (a bug, never a verdict; RFC 3261 21.5.1)."""
+        data = self._build(job.request, 500, "Server Internal Error")
+        self._finish(job, data)
+        return data
+
+    def _finish(self, job: VerificationJob, data: bytes) -> None:
+        entry = self._transactions.get(job.key)
+        if entry is None:  # evicted while pending: remember the answer again
+            entry = _Transaction(_now(job.at) + self.transaction_ttl_s)
+            self._store(job.key, entry)
+        entry.response = data
+        entry.final = True
+
+    def _answer(self, request: Request, result: VerificationResult) -> tuple[int, bytes]:
+        reasons = stir_reasons(result)
+        code = result.status_code
+        if self.reject and code is not None and not result.passed:
+            text = result.reason_phrase or phrase_of(code)
+            return code, self._build(request, code, text, reasons)
+        verstat = result.verstat
+        pai = [self._decorate(v, verstat) for v in request.headers.values("p-asserted-identity")]
+        from_value = request.headers.get("from")
+        redirected = [("P-Asserted-Identity", v) for v in pai]
+        if from_value is not None:
+            redirected.append(("From", self._decorate(without_tag(from_value), verstat)))
+        target = request.uri_text.strip().strip("<>")
+        if redirected and "?" not in target:
+            target = f"{target}?{uri_headers(redirected)}"
+        headers = [("Contact", f"<{target}>")]
+        headers.extend(("P-Asserted-Identity", v) for v in pai)
+        headers.extend(reasons)
+        return 302, self._build(request, 302, "Moved Temporarily", headers)
+
+    def _decorate(self, value: str, verstat: Verstat) -> str:
+        """`_with_verstat`, remembered (bounded; cleared when full)."""
+        key = (value, verstat)
+        found = self._verstat_memo.get(key)
+        if found is None:
+            found = with_verstat(value, verstat)
+            if len(self._verstat_memo) >= MAX_VERSTAT_MEMO:
+                self._verstat_memo.clear()
+            self._verstat_memo[key] = found
+        return found
+
+
+def verify_inline(
+    core: SipServerCore,
+    data: bytes,
+    *,
+    at: datetime,
+    verify: Callable[[VerificationRequest, datetime], VerificationResult],
+) -> tuple[Decision, Completion | None]:
+    """``receive`` and, for an INVITE, verify on the spot and ``complete`` (tests, benches).
+
+    RFC 3261 section 8.2.
+    """
+    decision = core.receive(data, at=at)
+    if decision.action is Action.VERIFY and decision.job is not None:
+        job = decision.job
+        return decision, core.complete(job, verify(job.verification_request(), job.at))
+    return decision, None

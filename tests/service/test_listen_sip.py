@@ -1,0 +1,550 @@
+"""The SIP verification server over real loopback sockets (service/listen_sip.py).
+
+Each test starts the asyncio server in a thread of its own, talks to it with plain UDP and TCP
+sockets, and checks answers and counters: signed fixture calls (clock injected at their signing
+time), retransmissions, garbage, truncated and oversized input, a flood against a small queue
+(503 + Retry-After, counted), TCP pipelining and backpressure, 100 Trying, graceful shutdown,
+and the ``stirscope listen`` command end to end. RFC 3261 sections 17.2 and 18; RFC 8224.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from analyzer.sipanswer import VerificationRecord
+from analyzer.sipserver import SipServerCore
+from analyzer.verifying import build_verifier
+from service.cli import main
+from service.listen_sip import (
+    Endpoint,
+    Peer,
+    ServerLimits,
+    SipVerificationServer,
+    Transport,
+)
+from service.metrics import Metrics
+from shaken.result import VerificationResult
+from shaken.verifier import VerificationRequest, Verifier
+from sip import Response, StreamFramer, parse_message
+from tests.conftest import ROOT
+from tests.service.invites import (
+    CERTS,
+    FIXTURE_AT,
+    TRUST,
+    fixture_call,
+    fixture_config,
+    fresh_invite,
+    with_branch,
+)
+
+TIMEOUT_S = 5.0
+LOCAL = [Endpoint(Transport.UDP, "127.0.0.1", 0), Endpoint(Transport.TCP, "127.0.0.1", 0)]
+
+
+@pytest.fixture(scope="module")
+def verifier() -> Iterator[Verifier]:
+    with build_verifier(fixture_config()) as built:
+        yield built
+
+
+@dataclass
+class Harness:
+    """A server running on its own event loop thread, and what it recorded."""
+
+    server: SipVerificationServer
+    loop: asyncio.AbstractEventLoop
+    udp: tuple[str, int]
+    tcp: tuple[str, int]
+    calls: list[float] = field(default_factory=list)
+    records: list[VerificationRecord] = field(default_factory=list)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(TIMEOUT_S * 2)
+
+
+@contextmanager
+def running(
+    verifier: Verifier,
+    *,
+    core: SipServerCore | None = None,
+    limits: ServerLimits | None = None,
+    delay_s: float = 0.0,
+) -> Iterator[Harness]:
+    """Start a server on loopback ports; ``delay_s`` slows every verification down."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    calls: list[float] = []
+    records: list[VerificationRecord] = []
+
+    def verify(request: VerificationRequest, at: datetime) -> VerificationResult:
+        calls.append(time.monotonic())
+        if delay_s:
+            time.sleep(delay_s)
+        return verifier.verify(request, at=at)
+
+    def record(rec: VerificationRecord, transport: Transport, peer: Peer) -> None:
+        records.append(rec)
+
+    server = SipVerificationServer(
+        core or SipServerCore(),
+        verify,
+        metrics=Metrics(),
+        limits=limits,
+        clock=lambda: FIXTURE_AT,
+        on_record=record,
+    )
+    bound = asyncio.run_coroutine_threadsafe(server.start(LOCAL), loop).result(TIMEOUT_S)
+    harness = Harness(
+        server,
+        loop,
+        (bound[0].host, bound[0].port),
+        (bound[1].host, bound[1].port),
+        calls,
+        records,
+    )
+    try:
+        yield harness
+    finally:
+        harness.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(TIMEOUT_S)
+        loop.close()
+
+
+@pytest.fixture
+def sock() -> Iterator[socket.socket]:
+    """A UDP client socket with room for a flood of answers."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(TIMEOUT_S)
+    with udp:
+        yield udp
+
+
+def recv_response(sock: socket.socket) -> Response:
+    message = parse_message(sock.recv(65535))
+    assert isinstance(message, Response)
+    return message
+
+
+def final_udp(sock: socket.socket) -> tuple[Response, list[int]]:
+    """Read until a final response; returns it and the provisional statuses seen first."""
+    provisional: list[int] = []
+    while True:
+        response = recv_response(sock)
+        if response.status >= 200:
+            return response, provisional
+        provisional.append(response.status)
+
+
+def contact_verstat(response: Response) -> str | None:
+    contact = response.headers.get("contact") or ""
+    marker = "verstat%3D"
+    if marker not in contact:
+        return None
+    return contact.split(marker, 1)[1].split("%", 1)[0]
+
+
+class TcpClient:
+    """A blocking TCP client reading framed responses."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=TIMEOUT_S)
+        self.framer = StreamFramer()
+        self.pending: list[Response] = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self) -> Response:
+        while not self.pending:
+            chunk = self.sock.recv(65535)
+            assert chunk, "server closed the connection"
+            for item in self.framer.feed(chunk):
+                assert isinstance(item, Response), item
+                self.pending.append(item)
+        return self.pending.pop(0)
+
+    def final(self) -> Response:
+        while True:
+            response = self.response()
+            if response.status >= 200:
+                return response
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> TcpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+UDP_CASES = [
+    ("alpha_a", 302, "TN-Validation-Passed", []),
+    ("charlie_c", 302, "TN-Validation-Passed", []),
+    ("tampered", 302, "TN-Validation-Failed", ["STIR;cause=438"]),
+    ("unsigned", 302, "No-TN-Validation", ["STIR;cause=428"]),
+]
+
+
+def test_udp_fixture_calls(verifier: Verifier, sock: socket.socket) -> None:
+    with running(verifier) as h:
+        for name, status, verstat, reasons in UDP_CASES:
+            sock.sendto(fixture_call(name), h.udp)
+            response, provisional = final_udp(sock)
+            assert response.status == status, name
+            assert contact_verstat(response) == verstat, name
+            assert [r.split(";text")[0] for r in response.headers.get_all("reason")] == reasons
+            assert set(provisional) <= {100}
+        assert [r.verstat.value for r in h.records] == [c[2] for c in UDP_CASES]
+        assert h.records[0].signer_spc == "1234A"
+        metrics = h.server.metrics
+        invites = {"transport": "udp", "method": "INVITE"}
+        assert metrics.value("stirscope_sip_requests_total", invites) == len(UDP_CASES)
+        assert metrics.value("stirscope_sip_responses_total", {"status": "302"}) == len(UDP_CASES)
+
+
+def test_udp_reject_policy(verifier: Verifier, sock: socket.socket) -> None:
+    with running(verifier, core=SipServerCore(reject=True)) as h:
+        for name, status in (("tampered", 438), ("revoked", 437), ("unsigned", 428)):
+            sock.sendto(fixture_call(name), h.udp)
+            response, _ = final_udp(sock)
+            assert response.status == status, name
+
+
+def test_udp_retransmission_verified_once(verifier: Verifier, sock: socket.socket) -> None:
+    with running(verifier, delay_s=0.1) as h:
+        data = fixture_call("alpha_a")
+        sock.sendto(data, h.udp)
+        sock.sendto(data, h.udp)  # retransmitted while the verifier works
+        first, provisional = final_udp(sock)
+        assert provisional == [100, 100]  # 100 at once (cold x5u), again for the retransmission
+        sock.sendto(data, h.udp)  # retransmitted after the answer
+        again = recv_response(sock)
+        assert again.raw == first.raw
+        assert len(h.calls) == 1
+        assert (
+            h.server.metrics.value("stirscope_sip_retransmissions_total", {"transport": "udp"}) == 2
+        )
+
+
+def test_options_ack_and_keepalive(verifier: Verifier, sock: socket.socket) -> None:
+    options = (
+        b"OPTIONS sip:stirscope@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-opt\r\n"
+        b"Max-Forwards: 70\r\nFrom: <sip:sbc@127.0.0.1>;tag=1\r\nTo: <sip:stirscope@127.0.0.1>\r\n"
+        b"Call-ID: health-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    with running(verifier) as h:
+        sock.sendto(b"\r\n\r\n", h.udp)
+        sock.sendto(
+            options.replace(b"OPTIONS sip", b"ACK sip").replace(b"7 OPTIONS", b"7 ACK"), h.udp
+        )
+        sock.sendto(options, h.udp)
+        response = recv_response(sock)  # the ACK and the keep-alive got nothing back
+        assert response.status == 200
+        assert response.headers.get("call-id") == "health-1"
+        dropped = h.server.metrics.value(
+            "stirscope_sip_dropped_total", {"transport": "udp", "reason": "keepalive"}
+        )
+        assert dropped == 1
+
+
+def test_bad_input_keeps_the_server_answering(verifier: Verifier, sock: socket.socket) -> None:
+    core = SipServerCore(max_message_bytes=8_000)
+    with running(verifier, core=core) as h:
+        data = fixture_call("alpha_a")
+        garbage = [
+            os.urandom(300),
+            b"\x00" * 1200,
+            data[:200],  # truncated before the Via: nothing to answer from
+            b"SIP/2.0 200 OK\r\n\r\n",
+        ]
+        for datagram in garbage:
+            sock.sendto(datagram, h.udp)
+        # Truncated in the headers or in the body: 400 (RFC 3261 section 18.3).
+        sock.sendto(with_branch(data, "z9hG4bK-t1")[: len(data) // 2], h.udp)
+        assert recv_response(sock).status == 400
+        sock.sendto(with_branch(data, "z9hG4bK-t2")[:-40], h.udp)
+        assert recv_response(sock).status == 400
+        oversized = data + b"a=x-pad:" + b"x" * 20_000 + b"\r\n"
+        sock.sendto(with_branch(oversized, "z9hG4bK-big"), h.udp)
+        assert recv_response(sock).status == 513
+        sock.sendto(with_branch(data, "z9hG4bK-after"), h.udp)
+        assert final_udp(sock)[0].status == 302
+        metrics = h.server.metrics
+        assert metrics.total("stirscope_sip_dropped_total") == len(garbage)
+        assert metrics.value("stirscope_internal_errors_total", {"where": "sip_handle"}) == 0
+
+
+def test_tcp_pipelined_split_and_oversized(verifier: Verifier, sock: socket.socket) -> None:
+    with running(verifier) as h:
+        with TcpClient(h.tcp) as client:
+            calls = [with_branch(fixture_call("alpha_a"), f"z9hG4bK-tcp{n}") for n in range(3)]
+            client.send(b"".join(calls))  # three messages in one segment
+            finals = [client.final() for _ in calls]
+            assert [r.status for r in finals] == [302, 302, 302]
+            one = with_branch(fixture_call("tampered"), "z9hG4bK-split")
+            for i in range(0, len(one), 97):  # one message over many segments
+                client.send(one[i : i + 97])
+                time.sleep(0.001)
+            assert client.final().headers.get_all("reason")[0].startswith("STIR;cause=438")
+            # Over the framer's limit: skipped and counted; the connection keeps working.
+            huge = fixture_call("alpha_a").replace(b"Content-Length: 166", b"Content-Length: 70000")
+            client.send(huge + b"x" * (70_000 - 166))
+            client.send(with_branch(fixture_call("charlie_c"), "z9hG4bK-tcp-after"))
+            assert contact_verstat(client.final()) == "TN-Validation-Passed"
+        too_large = {"transport": "tcp", "reason": "message_too_large"}
+        assert h.server.metrics.value("stirscope_sip_dropped_total", too_large) == 1
+
+
+def test_udp_flood_sheds_with_503_and_stays_bounded(
+    verifier: Verifier, sock: socket.socket
+) -> None:
+    """Every INVITE of a flood is answered (302 or 503 + Retry-After) or, when the host's
+    receive buffer is small (net.core.rmem_max), counted as dropped by the kernel."""
+    limits = ServerLimits(workers=2, queue_limit=8)
+    flood = 150
+    with running(verifier, limits=limits, delay_s=0.02) as h:
+        base = fixture_call("alpha_a")
+        for n in range(flood):
+            sock.sendto(with_branch(base, f"z9hG4bK-flood{n}"), h.udp)
+        finals: dict[str, int] = {}
+        retry_after = set()
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + TIMEOUT_S * 2
+        while len(finals) + h.server.kernel_drops() < flood:
+            assert time.monotonic() < deadline, (len(finals), h.server.kernel_drops())
+            try:
+                response = recv_response(sock)
+            except TimeoutError:
+                continue
+            if response.status >= 200:
+                assert response.via
+                finals[response.via[0].branch or ""] = response.status
+                if response.status == 503:
+                    retry_after.add(response.headers.get("retry-after"))
+        received = flood - h.server.kernel_drops()
+        statuses = list(finals.values())
+        shed = statuses.count(503)
+        assert shed > 0
+        assert statuses.count(302) + shed == received
+        assert retry_after == {"5"}
+        assert h.server.shed == shed
+        assert h.server.metrics.value("stirscope_sip_shed_total", {"transport": "udp"}) == shed
+        assert len(h.calls) == received - shed  # shed INVITEs were never verified
+        assert h.server.inflight == 0
+        assert h.server.core.transactions == received  # one per INVITE, bounded by the table
+
+
+def test_kernel_drops_are_counted(verifier: Verifier, sock: socket.socket) -> None:
+    """A loop that cannot read in time: what the kernel drops shows up in the metrics."""
+    with running(verifier) as h:
+        blocked = threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            time.sleep(1.0)
+
+        h.loop.call_soon_threadsafe(block)
+        assert blocked.wait(TIMEOUT_S)
+        junk = b"\x00" * 1400
+        for _ in range(4000):  # ~5.6 MB against a ~2 MB receive buffer
+            sock.sendto(junk, h.udp)
+        deadline = time.monotonic() + TIMEOUT_S
+        while h.server.metrics.total("stirscope_sip_dropped_total") < 100:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        drops = h.server.kernel_drops()
+        assert drops > 0
+        assert h.server.metrics.value("stirscope_sip_udp_kernel_drops_total") == drops
+        read = h.server.metrics.total("stirscope_sip_dropped_total")
+        assert read + drops <= 4000
+
+
+def test_udp_backlog_is_shed_not_left_to_age(verifier: Verifier, sock: socket.socket) -> None:
+    """INVITEs piled up in the kernel while the loop was stuck: some are answered 503 at once
+    instead of all waiting their turn; every one is answered."""
+    count = 300
+    with running(verifier, limits=ServerLimits(queue_limit=10_000)) as h:
+        sock.sendto(fixture_call("alpha_a"), h.udp)  # warm the certificate cache
+        final_udp(sock)
+        blocked = threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            time.sleep(0.3)
+
+        h.loop.call_soon_threadsafe(block)
+        assert blocked.wait(TIMEOUT_S)
+        base = fixture_call("charlie_c")
+        for n in range(count):
+            sock.sendto(with_branch(base, f"z9hG4bK-backlog{n}"), h.udp)
+        statuses: list[int] = []
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + TIMEOUT_S * 2
+        while len(statuses) + h.server.kernel_drops() < count:  # drops: small rmem_max hosts
+            assert time.monotonic() < deadline
+            with contextlib.suppress(TimeoutError):
+                response = recv_response(sock)
+                if response.status >= 200:
+                    statuses.append(response.status)
+        assert set(statuses) == {302, 503}
+        assert statuses.count(503) == h.server.shed
+
+
+def test_tcp_backpressure_answers_everything(verifier: Verifier, sock: socket.socket) -> None:
+    limits = ServerLimits(workers=2, queue_limit=4)
+    count = 40
+    with running(verifier, limits=limits, delay_s=0.01) as h:
+        with TcpClient(h.tcp) as client:
+            base = fixture_call("alpha_a")
+            client.send(b"".join(with_branch(base, f"z9hG4bK-bp{n}") for n in range(count)))
+            statuses = [client.final().status for _ in range(count)]
+        assert set(statuses) <= {302, 503}
+        assert statuses.count(302) == len(h.calls)
+        assert h.server.inflight == 0
+
+
+def test_trying_after_delay_when_warm(verifier: Verifier, sock: socket.socket) -> None:
+    limits = ServerLimits(trying_delay_s=0.05)
+    with running(verifier, limits=limits, delay_s=0.3) as h:
+        data = fixture_call("alpha_a")
+        sock.sendto(data, h.udp)
+        assert final_udp(sock)[1] == [100]  # cold: 100 at once
+        sock.sendto(with_branch(data, "z9hG4bK-warm"), h.udp)
+        response, provisional = final_udp(sock)
+        assert provisional == [100]  # warm but slow: 100 after the delay
+        assert response.status == 302
+
+
+def test_graceful_stop_answers_queued_invites(verifier: Verifier, sock: socket.socket) -> None:
+    with running(verifier, delay_s=0.3) as h, TcpClient(h.tcp) as client:
+        sock.sendto(fixture_call("alpha_a"), h.udp)
+        client.send(fixture_call("charlie_c"))
+        time.sleep(0.05)
+        stopper = threading.Thread(target=h.stop)
+        stopper.start()
+        assert final_udp(sock)[0].status == 302
+        assert client.final().status == 302
+        stopper.join(TIMEOUT_S)
+        assert len(h.records) == 2
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_listen_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["listen", "--trust", str(TRUST)]) == 2
+    assert "--sip" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["listen", "--sip", "sctp:127.0.0.1:5060", "--trust", str(TRUST)])
+    assert main(["listen", "--sip", "udp:127.0.0.1:0"]) == 2  # no trust anchors
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        args = ["listen", "--sip", f"udp:127.0.0.1:{port}", "--trust", str(TRUST)]
+        assert main(args) == 2
+        assert "cannot listen" in capsys.readouterr().err
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("udp:127.0.0.1:5060", Endpoint(Transport.UDP, "127.0.0.1", 5060)),
+        ("TCP:0.0.0.0:0", Endpoint(Transport.TCP, "0.0.0.0", 0)),
+        ("udp:[::1]:5070", Endpoint(Transport.UDP, "::1", 5070)),
+    ],
+    ids=["udp", "tcp-upper", "ipv6"],
+)
+def test_endpoint_parse(text: str, expected: Endpoint) -> None:
+    assert Endpoint.parse(text) == expected
+    assert Endpoint.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["udp:5060", "tls:h:5061", "udp:h:99999", "udp:[::1]5060", "udp::5060"]
+)
+def test_endpoint_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"expected|port|HOST|missing"):
+        Endpoint.parse(text)
+
+
+def start_listen(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Run ``stirscope listen`` in a child process; returns it and what it bound."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "listen", *args],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    bound: dict[str, str] = {}
+    deadline = time.monotonic() + 20
+    while len(bound) < 3 and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        words = line.split()
+        if len(words) >= 4 and words[2] == "sip":
+            bound[words[3].split(":")[0]] = words[3]
+        elif len(words) >= 4 and words[2] == "metrics":
+            bound["metrics"] = words[3]
+    return proc, bound
+
+
+def test_listen_command_end_to_end(tmp_path: Path, sock: socket.socket) -> None:
+    out = tmp_path / "calls.jsonl"
+    args = ["--sip", "udp:127.0.0.1:0", "--sip", "tcp:127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+    args += ["--trust", str(TRUST), "--certs", str(CERTS), "-o", str(out)]
+    proc, bound = start_listen(args)
+    try:
+        assert set(bound) == {"udp", "tcp", "metrics"}, bound
+        udp = Endpoint.parse(bound["udp"])
+        tcp = Endpoint.parse(bound["tcp"])
+        now = datetime.now(UTC)
+        sock.sendto(fresh_invite(now), (udp.host, udp.port))
+        response, _ = final_udp(sock)
+        assert contact_verstat(response) == "TN-Validation-Passed"
+        with TcpClient((tcp.host, tcp.port)) as client:
+            client.send(fresh_invite(now, transport="TCP"))
+            assert contact_verstat(client.final()) == "TN-Validation-Passed"
+        with urllib.request.urlopen(bound["metrics"], timeout=TIMEOUT_S) as page:
+            text = page.read().decode()
+        assert 'stirscope_sip_requests_total{method="INVITE",transport="udp"} 1.0' in text
+        assert "stirscope_cert_cache_lookups_total" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "stopped" in err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["verstat"], r["signer_spc"], r["transport"]) for r in lines] == [
+        ("TN-Validation-Passed", "1234A", "udp"),
+        ("TN-Validation-Passed", "1234A", "tcp"),
+    ]
