@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: system-deps demo test lint typecheck importlint unit fixtures fixtures-check bench install clean
+.PHONY: system-deps demo test check lint typecheck importlint unit fixtures fixtures-check bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ system-deps:
 	  else echo "sipp not installed (needs root and apt-get): its tests will be skipped"; fi; \
 	fi
 
+## make check: the before-commit habit (format, lint, types, layer contracts), no tests
+check: lint typecheck importlint
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -41,7 +44,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-importlint: $(STAMP)
+import## make check: the before-commit habit (format, lint, types, layer contracts), no tests
+check: lint typecheck importlint
+
+lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
