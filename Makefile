@@ -44,10 +44,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-import## make check: the before-commit habit (format, lint, types, layer contracts), no tests
-check: lint typecheck importlint
-
-lint: $(STAMP)
+importlint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
