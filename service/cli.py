@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "service.cmd_sign",
     "service.cmd_analyze",
     "service.cmd_listen",
+    "service.cmd_serve",
 )
 
 

@@ -1,0 +1,240 @@
+"""HTTP verification service throughput and latency, side by side with the in-process verifier.
+
+1. in-process ``Verifier.verify`` of the same request (warm certificate cache): the ceiling;
+2. the same request through the ATIS JSON mapping and response mapping, still in-process
+   (what the HTTP layer adds before any socket is involved);
+3. ``stirscope serve`` on 127.0.0.1 with 1 and 2 worker processes, driven by a keep-alive
+   HTTP/1.1 load generator on loopback (asyncio, raw sockets: a pure-Python client such as
+   httpx would be the bottleneck here), CONCURRENCY connections, warm cache: requests/s and
+   p50/p99 latency.
+
+The token is signed at start with the fixture key and the server runs with a wide freshness
+window, so every request is a full, passing verification against the server clock. The load
+generator shares the machine's cores with the server: on a 2-core machine the 2-worker figure
+is bounded by that. Every figure is the best of REPEATS runs (the machine is shared).
+Ratios matter, not absolutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: E402
+
+from analyzer.atis import AtisIdentity, verification_request  # noqa: E402
+from analyzer.verifying import VerifierConfig, build_verifier  # noqa: E402
+from service.api.auth import hash_api_key  # noqa: E402
+from service.api.models import AtisVerificationRequest, atis_verification  # noqa: E402
+from shaken.policy import Policy  # noqa: E402
+from shaken.signing import identity_header_value, shaken_payload, sign_passport  # noqa: E402
+
+FIXTURES = ROOT / "fixtures"
+X5U = "https://certs.alpha.example/alpha.pem"
+API_KEY = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz"
+QUICK = os.environ.get("BENCH_QUICK") is not None
+CONCURRENCY = 16
+REPEATS = 3
+WARMUP_S = 1.0
+MEASURE_S = 2.0 if QUICK else 5.0
+IN_PROCESS_N = 2000 if QUICK else 5000
+# Freshness wide enough for the whole run (the token is signed once, at start).
+FRESHNESS_S = 3600
+
+
+def _fresh_identity(now: int) -> str:
+    key = load_pem_private_key((FIXTURES / "pki/keys/alpha.key.pem").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    payload = shaken_payload(
+        attest="A", orig_tn="12025550101", dest_tns=["12025550199"], iat=now, origid="bench"
+    )
+    return identity_header_value(sign_passport(key, x5u=X5U, payload=payload), x5u=X5U)
+
+
+def _body(identity: str, now: int) -> dict[str, object]:
+    return {
+        "verificationRequest": {
+            "from": {"tn": "+12025550101"},
+            "to": {"tn": ["12025550199"]},
+            "time": now,
+            "identity": identity,
+        }
+    }
+
+
+def in_process(identity: str, now: int) -> tuple[float, float]:
+    """Verifier.verify alone, and with the ATIS request/response mapping around it."""
+    config = VerifierConfig(
+        trust=(FIXTURES / "pki/trust",),
+        certs_dirs=(FIXTURES / "certs",),
+        policy=Policy(freshness_s=FRESHNESS_S),
+    )
+    body = _body(identity, now)
+    raw = json.dumps(body).encode()
+    at = datetime.fromtimestamp(now, UTC)
+    with build_verifier(config) as verifier:
+        request = verification_request(
+            identities=[identity],
+            orig=AtisIdentity(tn=("+12025550101",)),
+            to=AtisIdentity(tn=("12025550199",)),
+            time=now,
+        )
+        assert verifier.verify(request, at=at).passed
+        rates = []
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            for _ in range(IN_PROCESS_N):
+                verifier.verify(request, at=at)
+            rates.append(IN_PROCESS_N / (time.perf_counter() - started))
+        core = max(rates)
+        rates = []
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            for _ in range(IN_PROCESS_N):
+                model = AtisVerificationRequest.model_validate(
+                    json.loads(raw)["verificationRequest"]
+                )
+                mapped = verification_request(
+                    identities=[model.identity],
+                    orig=model.from_.to_core(),
+                    to=model.to.to_core(),
+                    time=model.time,
+                )
+                json.dumps(atis_verification(verifier.verify(mapped, at=at)))
+            rates.append(IN_PROCESS_N / (time.perf_counter() - started))
+        mapped_rate = max(rates)
+    return core, mapped_rate
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start(workers: int, tmp: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    keys = tmp / "keys"
+    keys.write_text(f"bench:{hash_api_key(API_KEY)}:verify\n")
+    argv = [
+        sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+        "--workers", str(workers), "--trust", str(FIXTURES / "pki/trust"),
+        "--certs", str(FIXTURES / "certs"), "--api-keys", str(keys),
+        "--freshness", str(FRESHNESS_S), *extra,
+    ]  # fmt: skip
+    log = (tmp / "serve.log").open("wb")
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process, port
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not start: " + (tmp / "serve.log").read_text()[-2000:])
+
+
+async def _connection(
+    port: int, request: bytes, stop_at: float, record_from: float, latencies: list[float]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+                elif line.startswith(b"HTTP/1.1 ") and line[9:12] != b"200":
+                    raise RuntimeError(line.decode())
+            body = await reader.readexactly(length)
+            if b"TN-Validation-Passed" not in body:
+                raise RuntimeError(body.decode())
+            if started >= record_from:
+                latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, request: bytes) -> tuple[float, float, float]:
+    latencies: list[float] = []
+    begin = time.perf_counter()
+    record_from = begin + WARMUP_S
+    stop_at = record_from + MEASURE_S
+    await asyncio.gather(
+        *(_connection(port, request, stop_at, record_from, latencies) for _ in range(CONCURRENCY))
+    )
+    latencies.sort()
+    rate = len(latencies) / MEASURE_S
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000
+    return rate, p50, p99
+
+
+def over_http(identity: str, now: int, workers: int, extra: list[str]) -> tuple[float, ...]:
+    body = json.dumps(_body(identity, now)).encode()
+    request = (
+        b"POST /stir/v1/verification HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nAccept: application/json\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_api_") as tmp:
+        process, port = _start(workers, Path(tmp), extra)
+        try:
+            # Best of REPEATS: the machine is shared, the best run is the least disturbed.
+            return max(asyncio.run(_load(port, request)) for _ in range(REPEATS))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def main() -> int:
+    now = int(time.time())
+    identity = _fresh_identity(now)
+    core, mapped = in_process(identity, now)
+    print(f"{'path':52} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs core':>8}")
+    print(f"{'in-process Verifier.verify (warm cache)':52} {core:8.0f} {'':>7} {'':>7} {1:8.2f}")
+    label = "in-process + ATIS JSON/model mapping"
+    print(f"{label:52} {mapped:8.0f} {'':>7} {'':>7} {mapped / core:8.2f}")
+    results: dict[str, float] = {}
+    runs = [
+        ("serve, 1 worker", 1, []),
+        ("serve, 1 worker, --no-access-log", 1, ["--no-access-log"]),
+        ("serve, 2 workers", 2, []),
+    ]
+    for name, workers, extra in runs:
+        rate, p50, p99 = over_http(identity, now, workers, extra)
+        results[name] = rate
+        label = f"{name} (HTTP, {CONCURRENCY} conns)"
+        print(f"{label:52} {rate:8.0f} {p50:7.2f} {p99:7.2f} {rate / core:8.2f}")
+    one = results["serve, 1 worker"]
+    print(f"HTTP (1 worker) / in-process: {one / core:.2f} (goal: > 0.5)")
+    print(
+        f"2 workers / 1 worker: {results['serve, 2 workers'] / one:.2f} (on {os.cpu_count()} cores)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Prometheus metrics of the HTTP service and the request middleware that feeds them.
+
+One ``CollectorRegistry`` per app (tests build many apps; the process-global registry would
+collide). With ``--workers N`` every worker has its own registry, so a scrape sees the worker
+that answered it: scrape each worker, or run one worker per port behind the balancer.
+Certificate cache counters are read from the verifier at scrape time (no double counting).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shaken.verifier import Verifier
+
+access_log = logging.getLogger("stirscope.access")
+
+# Latency buckets (seconds): a warm-cache verification is ~0.1-1 ms, a certificate fetch up to
+# the HTTP source's timeout (seconds), so the buckets span 100 us to 10 s.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+# Correlation header of ATIS-1000082 (STANDARDS.md section 8.1), echoed on every response.
+REQUEST_ID_HEADER = "x-requestid"
+# A client's request id is echoed only when short and printable (it goes into logs).
+MAX_REQUEST_ID_CHARS = 128
+
+
+class ApiMetrics:
+    """The service's metrics in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "stirscope_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "stirscope_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.verifications = Counter(
+            "stirscope_verifications",
+            "Verifications by verstat and first reason (none when passed)",
+            ["verstat", "reason"],
+            registry=self.registry,
+        )
+        self.verification_latency = Histogram(
+            "stirscope_verification_duration_seconds",
+            "Time spent in the verifier per request",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.signings = Counter(
+            "stirscope_signings",
+            "Signing requests by outcome",
+            ["result"],
+            registry=self.registry,
+        )
+        self._cache = _CacheCollector()
+        self.registry.register(self._cache)
+
+    def watch(self, verifier: Verifier | None) -> None:
+        """Report this verifier's certificate caches (None: stop reporting)."""
+        self._cache.verifier = verifier
+
+
+class _CacheCollector(Collector):
+    """Certificate source cache and credential cache counters, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.verifier: Verifier | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        verifier = self.verifier
+        if verifier is None:
+            return
+        stats_of = getattr(verifier.source, "stats", None)
+        if callable(stats_of):
+            stats = stats_of()
+            events = CounterMetricFamily(
+                "stirscope_certificate_cache_events",
+                "Certificate source cache lookups by outcome",
+                labels=["event"],
+            )
+            for event in ("hits", "negative_hits", "misses", "coalesced", "evictions"):
+                events.add_metric([event], float(getattr(stats, event)))
+            yield events
+            yield GaugeMetricFamily(
+                "stirscope_certificate_cache_entries",
+                "Entries in the certificate source cache",
+                value=float(stats.entries),
+            )
+        judged = CounterMetricFamily(
+            "stirscope_credential_cache_events",
+            "Judged credential (chain, CRL) cache lookups by outcome",
+            labels=["event"],
+        )
+        judged.add_metric(["hits"], float(verifier.credentials.stats.hits))
+        judged.add_metric(["misses"], float(verifier.credentials.stats.misses))
+        yield judged
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-requestid":
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= MAX_REQUEST_ID_CHARS and text.isprintable():
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI middleware: request id, per-route counters and latency, JSON access log."""
+
+    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics, access: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-requestid", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(template).observe(elapsed)
+            if self.access:
+                access_log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "path": scope.get("path", ""),
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )

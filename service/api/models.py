@@ -1,0 +1,315 @@
+"""The HTTP contract: pydantic models of the ATIS-1000082 and 3GPP request/response shapes.
+
+Requests are validated strictly (no string-to-number coercion; unknown members ignored, as
+vendors add their own); responses are built by the explicit mappers at the end of this module
+from the core's ``VerificationResult``. Member names follow the specifications (camelCase,
+``from``), not Python style. STANDARDS.md section 8 (ATIS-1000082; 3GPP TS 24.229 Annex V).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from analyzer.atis import MAX_DESTINATIONS, MAX_IDENTITIES, AtisIdentity
+from shaken.errors import phrase_for
+from shaken.result import PassportResult, VerificationResult
+
+# A TN as written by a client (E.164 with separators and parameters): RFC 3966 numbers stay far
+# below this; the bound only stops abuse.
+MAX_TN_CHARS = 64
+# RFC 3261 puts no bound on URIs; 2048 is the common practical URL limit.
+MAX_URI_CHARS = 2048
+# An Identity header value (RFC 8224 section 4): a SHAKEN one is ~1 kB, with rcd a few kB.
+MAX_IDENTITY_CHARS = 16 * 1024
+# Free-text members echoed back (requestId, profileId, displayName).
+MAX_TEXT_CHARS = 256
+
+Tn = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TN_CHARS)]
+UriText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
+IdentityValue = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IDENTITY_CHARS)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+NumericDate = Annotated[int, Field(ge=0, le=253_402_300_799)]
+
+
+class Flavour(StrEnum):
+    """Which request/response shape: ATIS-1000082 or 3GPP (TS 24.229 Annex V, Ms)."""
+
+    ATIS = "atis"
+    GPP = "3gpp"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _exactly_one_of(*names: str) -> Callable[[dict[str, Any]], None]:
+    """JSON Schema for "exactly one of these members, not null" (what the validator checks)."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        for name in names:
+            member = schema["properties"][name]
+            member["anyOf"] = [s for s in member["anyOf"] if s != {"type": "null"}]
+            member.pop("default", None)
+        schema["oneOf"] = [{"required": [name]} for name in names]
+
+    return edit
+
+
+def _at_least_one_of(*names: str) -> Callable[[dict[str, Any]], None]:
+    def edit(schema: dict[str, Any]) -> None:
+        schema["anyOf"] = [{"required": [name]} for name in names]
+
+    return edit
+
+
+class Identity(_Strict):
+    """``{"tn": ...}`` or ``{"uri": ...}``: one of the two, a string or a list of strings.
+
+    RFC 8225 section 5.2.1; ATIS-1000082 (STANDARDS.md section 8.2-8.3).
+    """
+
+    model_config = ConfigDict(json_schema_extra=_exactly_one_of("tn", "uri"))
+
+    tn: Tn | Annotated[list[Tn], Field(min_length=1, max_length=MAX_DESTINATIONS)] | None = None
+    uri: (
+        UriText | Annotated[list[UriText], Field(min_length=1, max_length=MAX_DESTINATIONS)] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Identity:
+        if (self.tn is None) == (self.uri is None):
+            raise ValueError("give exactly one of tn or uri")
+        return self
+
+    def to_core(self) -> AtisIdentity:
+        """The plain value the analyzer maps."""
+        tn = self.tn if isinstance(self.tn, list) else [self.tn] if self.tn is not None else []
+        uri = self.uri if isinstance(self.uri, list) else [self.uri] if self.uri else []
+        return AtisIdentity(tn=tuple(tn), uri=tuple(uri))
+
+
+class AtisVerificationRequest(_Strict):
+    """ATIS flavour: the full Identity header value, SIP-derived identities, Date as time."""
+
+    from_: Identity = Field(alias="from")
+    to: Identity
+    time: NumericDate | None = None
+    identity: IdentityValue
+
+
+class GppVerificationRequest(_Strict):
+    """3GPP flavour: ``identityHeader`` and/or ``identityHeaders``; ``dest`` is the current
+    target (Request-URI) for diversion PASSporTs; ``requestId`` is echoed back."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_at_least_one_of("identityHeader", "identityHeaders")
+    )
+
+    from_: Identity = Field(alias="from")
+    to: Identity
+    time: NumericDate | None = None
+    identityHeader: IdentityValue | None = None
+    identityHeaders: (
+        Annotated[list[IdentityValue], Field(min_length=1, max_length=MAX_IDENTITIES)] | None
+    ) = None
+    dest: Identity | None = None
+    requestId: Text | None = None
+    profileId: Text | None = None
+    displayName: Text | None = None
+
+    @model_validator(mode="after")
+    def _has_identity(self) -> GppVerificationRequest:
+        if self.identityHeader is None and not self.identityHeaders:
+            raise ValueError("identityHeader or identityHeaders is required")
+        return self
+
+    @property
+    def identities(self) -> list[str]:
+        found = [self.identityHeader] if self.identityHeader is not None else []
+        return found + list(self.identityHeaders or ())
+
+
+class AtisVerificationBody(_Strict):
+    verificationRequest: AtisVerificationRequest
+
+
+class GppVerificationBody(_Strict):
+    verificationRequest: GppVerificationRequest
+
+
+class SigningRequest(_Strict):
+    """Both flavours: ``attest``, ``orig``, ``dest``, ``iat``, ``origid``, ``ppt``; a ``div``
+    PASSporT (ppt ``div``) names the previous destination in ``div``. ``iat`` defaults to the
+    server clock and ``origid`` to a random UUID. RFC 8588 section 4-5, RFC 8946 section 3."""
+
+    attest: Literal["A", "B", "C"] | None = None
+    orig: Identity
+    dest: Identity
+    iat: NumericDate | None = None
+    origid: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
+    ppt: Literal["shaken", "div"] = "shaken"
+    div: Identity | None = None
+    requestId: Text | None = None
+    profileId: Text | None = None
+
+
+class SigningBody(_Strict):
+    signingRequest: SigningRequest
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class AtisVerificationResult(_Out):
+    """ATIS response: ``verstat``, and on failure ``reasoncode``/``reasontext`` (the RFC 8224
+    status and phrase). ``reason``, ``attest`` and ``origid`` are stirscope extensions."""
+
+    verstat: str
+    reasoncode: int | None = None
+    reasontext: str | None = None
+    reason: str | None = Field(default=None, description="stirscope stable reason code")
+    attest: str | None = None
+    origid: str | None = None
+
+
+class AtisVerificationResponse(_Out):
+    verificationResponse: AtisVerificationResult
+
+
+class GppVerifyResult(_Out):
+    """One PASSporT's outcome (3GPP ``verifyResult``)."""
+
+    ppt: str | None = None
+    status: Literal["pass", "fail"]
+    reasonCode: int | None = None
+    reasonText: str | None = None
+    reasonDescription: str | None = None
+    reason: str | None = Field(default=None, description="stirscope stable reason code")
+    passport: str
+    validClaims: dict[str, Any] | None = None
+
+
+class GppVerifyResultItem(_Out):
+    verifyResult: GppVerifyResult
+
+
+class GppVerificationResult(_Out):
+    verstatValue: str
+    verifyResults: list[GppVerifyResultItem]
+    divResult: list[GppVerifyResultItem] | None = None
+    requestId: str | None = None
+
+
+class GppVerificationResponse(_Out):
+    verificationResponse: GppVerificationResult
+
+
+class AtisSigningResult(_Out):
+    identity: str
+
+
+class AtisSigningResponse(_Out):
+    signingResponse: AtisSigningResult
+
+
+class GppSigningResult(_Out):
+    identityHeader: str
+    requestId: str | None = None
+
+
+class GppSigningResponse(_Out):
+    signingResponse: GppSigningResult
+
+
+class ExceptionDetail(_Out):
+    """OMA ``serviceException`` / ``policyException`` plus our stable ``code``."""
+
+    messageId: str
+    text: str
+    variables: list[str] = []
+    code: str
+
+
+class RequestError(_Out):
+    serviceException: ExceptionDetail | None = None
+    policyException: ExceptionDetail | None = None
+
+
+class ErrorBody(_Out):
+    requestError: RequestError
+
+
+class Health(_Out):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(_Out):
+    status: Literal["ready", "not_ready"]
+    signing: bool
+    version: str
+
+
+# -- mappers from core types ---------------------------------------------------------------------
+
+
+def atis_verification(result: VerificationResult) -> dict[str, object]:
+    """``verificationResponse`` (ATIS) for a core result. STANDARDS.md section 8.3."""
+    best = result.best
+    body = AtisVerificationResult(
+        verstat=result.verstat.value,
+        reasoncode=result.status_code if not result.passed else None,
+        reasontext=result.reason_phrase if not result.passed else None,
+        reason=result.reason.value if result.reason else None,
+        attest=best.attest if best is not None and not best.ignored else None,
+        origid=best.origid if best is not None and not best.ignored else None,
+    )
+    return AtisVerificationResponse(verificationResponse=body).model_dump(exclude_none=True)
+
+
+def _gpp_item(p: PassportResult) -> GppVerifyResultItem:
+    primary = p.primary
+    token = p.identity.partition(";")[0].strip()
+    return GppVerifyResultItem(
+        verifyResult=GppVerifyResult(
+            ppt=p.ppt,
+            status="pass" if p.valid else "fail",
+            reasonCode=p.status_code,
+            reasonText=phrase_for(p.status_code) if primary else None,
+            reasonDescription=primary.detail if primary else None,
+            reason=primary.reason.value if primary else None,
+            passport=token,
+            validClaims=p.claims if p.valid else None,
+        )
+    )
+
+
+def gpp_verification(result: VerificationResult, request_id: str | None) -> dict[str, object]:
+    """``verificationResponse`` (3GPP) for a core result: ``div`` PASSporTs in ``divResult``,
+    ignored (unsupported ppt) ones left out. STANDARDS.md section 8.3."""
+    used = [p for p in result.passports if not p.ignored]
+    main = [_gpp_item(p) for p in used if p.ppt not in ("div", "div-o")]
+    div = [_gpp_item(p) for p in used if p.ppt in ("div", "div-o")]
+    body = GppVerificationResult(
+        verstatValue=result.verstat.value,
+        verifyResults=main,
+        divResult=div or None,
+        requestId=request_id,
+    )
+    return GppVerificationResponse(verificationResponse=body).model_dump(exclude_none=True)
+
+
+def signing_response(identity: str, flavour: Flavour, request_id: str | None) -> dict[str, object]:
+    """``signingResponse`` in the flavour asked. STANDARDS.md section 8.2."""
+    if flavour is Flavour.GPP:
+        return GppSigningResponse(
+            signingResponse=GppSigningResult(identityHeader=identity, requestId=request_id)
+        ).model_dump(exclude_none=True)
+    return AtisSigningResponse(signingResponse=AtisSigningResult(identity=identity)).model_dump()

@@ -1,0 +1,52 @@
+"""What the lifespan builds once per process and every request reads: verifier, keys, signer."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import Request
+
+from service.api.auth import KeyRing
+from service.api.errors import ApiError, ErrorCode
+from service.config import ServeConfig
+from shaken.verifier import Verifier
+
+# Threads verifying at once per process. Warm-cache verification is CPU work (ECDSA releases
+# the GIL, so a few threads use the cores); more threads only help while some wait on
+# certificate fetches (bounded by the HTTP source's timeout), so 16 covers a burst of misses.
+VERIFY_THREADS = 16
+# The attribute of ``app.state`` that holds the ``ServiceState`` once the lifespan built it.
+STATE_ATTRIBUTE = "stirscope"
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """The STI-AS credential: the private key (never serialised, never shown) and its x5u.
+
+    RFC 8224 section 6.1; RFC 8225 section 4.3 (x5u).
+    """
+
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    x5u: str
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """Per-process service state; ``ready`` is cleared when shutdown begins."""
+
+    config: ServeConfig
+    verifier: Verifier
+    keyring: KeyRing
+    signer: Signer | None
+    executor: ThreadPoolExecutor
+    ready: bool = True
+
+
+def get_state(request: Request) -> ServiceState:
+    """The state built by the lifespan (503 ``not_ready`` before it exists or after shutdown)."""
+    state = getattr(request.app.state, STATE_ATTRIBUTE, None)
+    if not isinstance(state, ServiceState) or not state.ready:
+        raise ApiError(ErrorCode.NOT_READY)
+    return state

@@ -1,0 +1,440 @@
+"""Service configuration: a TOML file, ``STIRSCOPE_*`` environment variables and flags.
+
+Theory of operation: every setting has one name (the flag's dest: ``api_keys``, ``tn_match``),
+a kind and a default (``SETTINGS``). ``resolve_settings`` layers, lowest first: defaults, the
+TOML file (``--config`` / ``STIRSCOPE_CONFIG``; flat keys, relative paths taken from the file's
+directory), the environment (``STIRSCOPE_<NAME>``), then the flags that were actually given
+(their argparse default is ``None``). ``config_from_settings`` checks the merged values and builds
+a ``ServeConfig``. The merged settings are plain JSON, so ``--workers N`` hands them to each
+worker process, which builds its own verifier from them.
+
+Also here: the signing key loader (permission-checked) and the JSON log format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from analyzer.verifying import VerifierConfig
+from shaken.policy import (
+    DEFAULT_CLOCK_SKEW_S,
+    DEFAULT_FRESHNESS_S,
+    CrlMode,
+    Originator,
+    Policy,
+    TnMatch,
+)
+
+ENV_PREFIX = "STIRSCOPE_"
+# The config file may be named by the environment as well as by --config.
+CONFIG_ENV = "STIRSCOPE_CONFIG"
+# Loopback by default: exposing the service is a deliberate choice (--host 0.0.0.0).
+DEFAULT_HOST = "127.0.0.1"
+# The conventional alternative HTTP port; ATIS-1000082 fixes none (STANDARDS.md section 8.1).
+DEFAULT_PORT = 8080
+# Request bodies: an Identity header is ~1 kB (RFC 8224 section 4) and a request holds at most
+# analyzer.atis.MAX_IDENTITIES of them plus identities; 64 KiB covers that with room to spare.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# A PEM private key is a few hundred bytes; refuse to slurp anything absurd.
+MAX_KEY_FILE_BYTES = 64 * 1024
+# Permission bits that must be clear on a signing key file: no access for group or others.
+KEY_FILE_FORBIDDEN_MODE = 0o077
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, malformed or unsafe (a usage error, exit 2)."""
+
+
+class Kind(StrEnum):
+    STR = "str"
+    INT = "int"
+    BOOL = "bool"
+    PATH = "path"
+    PATHS = "paths"
+    STRS = "strs"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration setting: its kind, default and allowed values (if a choice)."""
+
+    kind: Kind
+    default: object
+    choices: tuple[str, ...] = ()
+
+
+SETTINGS: dict[str, Setting] = {
+    "host": Setting(Kind.STR, DEFAULT_HOST),
+    "port": Setting(Kind.INT, DEFAULT_PORT),
+    "workers": Setting(Kind.INT, 1),
+    # Trust and certificates: the options of `stirscope verify`.
+    "trust": Setting(Kind.PATHS, []),
+    "certs": Setting(Kind.PATHS, []),
+    "fetch": Setting(Kind.BOOL, False),
+    "ca_bundle": Setting(Kind.PATH, None),
+    "unsafe_allow_private": Setting(Kind.BOOL, False),
+    "freshness": Setting(Kind.INT, DEFAULT_FRESHNESS_S),
+    "clock_skew": Setting(Kind.INT, DEFAULT_CLOCK_SKEW_S),
+    "no_date_check": Setting(Kind.BOOL, False),
+    "originator": Setting(
+        Kind.STR, Originator.PAI_THEN_FROM.value, tuple(o.value for o in Originator)
+    ),
+    "tn_match": Setting(Kind.STR, TnMatch.EXACT.value, tuple(m.value for m in TnMatch)),
+    "crl": Setting(Kind.STR, CrlMode.SOFT.value, tuple(m.value for m in CrlMode)),
+    # Access: API key hashes (file and/or inline entries) and the open verification switch.
+    "api_keys": Setting(Kind.PATH, None),
+    "api_key_hashes": Setting(Kind.STRS, []),
+    "open_verification": Setting(Kind.BOOL, False),
+    # Signing (STI-AS): the private key file and the certificate URL put in x5u/info.
+    "signing_key": Setting(Kind.PATH, None),
+    "signing_x5u": Setting(Kind.STR, None),
+    "max_body_bytes": Setting(Kind.INT, DEFAULT_MAX_BODY_BYTES),
+    "log_level": Setting(Kind.STR, "info", LOG_LEVELS),
+    "log_format": Setting(Kind.STR, LogFormat.JSON.value, tuple(f.value for f in LogFormat)),
+    "access_log": Setting(Kind.BOOL, True),
+}
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``stirscope serve`` needs; ``clock`` is injectable for tests.
+
+    ``settings`` keeps the merged plain values (JSON) that built this configuration.
+    """
+
+    verifier: VerifierConfig
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    api_keys: Path | None = None
+    api_key_hashes: tuple[str, ...] = ()
+    open_verification: bool = False
+    signing_key: Path | None = None
+    signing_x5u: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_level: str = "info"
+    log_format: LogFormat = LogFormat.JSON
+    access_log: bool = True
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+    settings: Mapping[str, object] = field(default_factory=dict, compare=False)
+
+    @property
+    def signing_enabled(self) -> bool:
+        return self.signing_key is not None
+
+
+def _coerce(
+    name: str, value: object, origin: str, base: Path | None, *, text: bool = False
+) -> object:
+    """A raw value as the setting's kind; ``text``: an environment string, parsed (TOML and
+    flag values must already have the right type)."""
+    spec = SETTINGS[name]
+    where = f"{origin}: {name}"
+    if value is None:
+        return None
+    if spec.kind is Kind.BOOL:
+        if isinstance(value, bool):
+            return value
+        if text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+    if spec.kind is Kind.INT:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if spec.kind in (Kind.PATHS, Kind.STRS):
+        items: list[object]
+        if text and isinstance(value, str):
+            separator = os.pathsep if spec.kind is Kind.PATHS else ","
+            items = [v.strip() for v in value.split(separator) if v.strip()]
+        elif isinstance(value, str):
+            items = [value]
+        elif isinstance(value, list):
+            items = list(value)
+        else:
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}: expected a list of strings")
+        if spec.kind is Kind.PATHS:
+            return [_path(str(v), base) for v in items]
+        return [str(v) for v in items]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if spec.kind is Kind.PATH:
+        return _path(value, base) if value else None
+    if spec.choices and value not in spec.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(spec.choices)}")
+    return value
+
+
+def _path(text: str, base: Path | None) -> str:
+    path = Path(text).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return str(path)
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """The settings of a TOML file (flat keys named like the flags, ``-`` or ``_``)."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    out: dict[str, object] = {}
+    base = path.resolve().parent
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in SETTINGS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        out[name] = _coerce(name, value, f"config file {path}", base)
+    return out
+
+
+def env_settings(environ: Mapping[str, str]) -> dict[str, object]:
+    """The settings given as ``STIRSCOPE_<NAME>`` (lists: ``os.pathsep`` or comma separated)."""
+    out: dict[str, object] = {}
+    for name in SETTINGS:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            out[name] = _coerce(name, environ[key], f"environment {key}", None, text=True)
+    return out
+
+
+def flag_settings(flags: Mapping[str, object]) -> dict[str, object]:
+    """The settings given as flags: every known name whose value is not ``None`` (or empty)."""
+    out: dict[str, object] = {}
+    for name in SETTINGS:
+        value = flags.get(name)
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [str(v) for v in value]
+        out[name] = _coerce(name, value, "flag", None)
+    return out
+
+
+def resolve_settings(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: Path | None = None,
+) -> dict[str, object]:
+    """Merged plain settings: flags > environment > file > defaults."""
+    merged: dict[str, object] = {
+        name: (list(spec.default) if isinstance(spec.default, list) else spec.default)
+        for name, spec in SETTINGS.items()
+    }
+    if config_file is None and environ.get(CONFIG_ENV):
+        config_file = Path(environ[CONFIG_ENV])
+    if config_file is not None:
+        merged.update(read_config_file(config_file))
+    merged.update(env_settings(environ))
+    merged.update(flag_settings(flags))
+    return merged
+
+
+def _opt_path(value: object) -> Path | None:
+    return Path(str(value)) if value is not None else None
+
+
+def _int(settings: Mapping[str, object], name: str, low: int, high: int) -> int:
+    value = settings[name]
+    if not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def config_from_settings(
+    settings: Mapping[str, object], *, clock: Callable[[], float] = time.time
+) -> ServeConfig:
+    """Check merged settings and build the configuration (``ConfigError`` when unusable)."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    values = {name: settings.get(name, spec.default) for name, spec in SETTINGS.items()}
+    trust = values["trust"]
+    if not isinstance(trust, list) or not trust:
+        raise ConfigError(
+            "no trust anchors: give --trust PEM|DIR, STIRSCOPE_TRUST or trust = [...] "
+            "(an empty trust store is an error)"
+        )
+    certs = values["certs"]
+    assert isinstance(certs, list)
+    policy = Policy(
+        freshness_s=_int(values, "freshness", 0, 86_400),
+        clock_skew_s=_int(values, "clock_skew", 0, 86_400),
+        check_date=not values["no_date_check"],
+        originator=Originator(str(values["originator"])),
+        tn_match=TnMatch(str(values["tn_match"])),
+        crl=CrlMode(str(values["crl"])),
+    )
+    verifier = VerifierConfig(
+        trust=tuple(Path(str(p)) for p in trust),
+        certs_dirs=tuple(Path(str(p)) for p in certs),
+        fetch=bool(values["fetch"]),
+        ca_bundle=_opt_path(values["ca_bundle"]),
+        unsafe_allow_private=bool(values["unsafe_allow_private"]),
+        policy=policy,
+    )
+    signing_key = _opt_path(values["signing_key"])
+    x5u = values["signing_x5u"]
+    if (signing_key is None) != (x5u is None):
+        raise ConfigError("signing needs both --signing-key PEM and --signing-x5u URL")
+    if isinstance(x5u, str):
+        parts = urlsplit(x5u)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError(f"--signing-x5u must be an https URL, got {x5u!r}")
+    hashes = values["api_key_hashes"]
+    assert isinstance(hashes, list)
+    api_keys = _opt_path(values["api_keys"])
+    open_verification = bool(values["open_verification"])
+    if api_keys is None and not hashes:
+        if signing_key is not None:
+            raise ConfigError("signing requires API keys: give --api-keys FILE")
+        if not open_verification:
+            raise ConfigError(
+                "no API keys: give --api-keys FILE, or --open-verification to serve "
+                "verification without keys"
+            )
+    return ServeConfig(
+        verifier=verifier,
+        host=str(values["host"]),
+        port=_int(values, "port", 0, 65_535),
+        workers=_int(values, "workers", 1, 256),
+        api_keys=api_keys,
+        api_key_hashes=tuple(str(h) for h in hashes),
+        open_verification=open_verification,
+        signing_key=signing_key,
+        signing_x5u=x5u if isinstance(x5u, str) else None,
+        max_body_bytes=_int(values, "max_body_bytes", 1024, 16 * 1024 * 1024),
+        log_level=str(values["log_level"]),
+        log_format=LogFormat(str(values["log_format"])),
+        access_log=bool(values["access_log"]),
+        clock=clock,
+        settings=dict(values),
+    )
+
+
+def settings_to_json(config: ServeConfig) -> str:
+    """The merged settings as JSON, for worker processes (``config_from_settings`` reads it)."""
+    return json.dumps(dict(config.settings), sort_keys=True)
+
+
+def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Load a P-256 signing key, refusing files that group or others may access.
+
+    The key is the STI-AS credential (ATIS-1000080 section 5: the SP keeps its private key
+    secret); the service never returns it. RFC 8225 section 6 (ES256 needs P-256).
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"signing key {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & KEY_FILE_FORBIDDEN_MODE:
+        raise ConfigError(
+            f"signing key {path} is accessible by group or others (mode {mode:04o}); "
+            f"restrict it: chmod 600 {path}"
+        )
+    if info.st_size > MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"signing key {path} is too large to be a PEM key")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from exc
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigError(f"{path} is not an EC P-256 key (ES256 requires P-256)")
+    return key
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+# LogRecord attributes that are not "extra" fields.
+_RECORD_FIELDS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_") and key != "color_message":
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def logging_config(level: str, log_format: LogFormat) -> dict[str, object]:
+    """A ``logging.config.dictConfig`` for the service and uvicorn (stderr, one format)."""
+    formatter: dict[str, object] = (
+        {"()": f"{__name__}.JsonFormatter"}
+        if log_format is LogFormat.JSON
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "default",
+        "stream": "ext://sys.stderr",
+    }
+    upper = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"default": handler},
+        "loggers": {
+            "stirscope": {"handlers": ["default"], "level": upper, "propagate": False},
+            "uvicorn": {"handlers": ["default"], "level": upper, "propagate": False},
+            "uvicorn.error": {"level": upper},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }
