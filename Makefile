@@ -23,15 +23,19 @@ demo: $(STAMP)
 ## make test: install with dev extras, run format check, lint, types, layer contracts, tests
 test: $(STAMP) system-deps lint typecheck importlint fixtures-check unit
 
-## Real protocol peers the tests drive (sipp from Debian's sip-tester). Installed when we can
-## (root with apt-get, as in CI); the tests that need them skip cleanly otherwise.
+## Real peers the tests drive: sipp (Debian's sip-tester) and a headless browser (Debian's
+## chromium, driven by Playwright). Installed when we can (root with apt-get, as in CI); the
+## tests that need them skip cleanly otherwise.
+SYSTEM_TOOLS := sipp:sip-tester chromium:chromium
 system-deps:
-	@if ! command -v sipp >/dev/null 2>&1; then \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing sipp (Debian sip-tester)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester >/dev/null) \
-	      || echo "sipp could not be installed: its tests will be skipped"; \
-	  else echo "sipp not installed (needs root and apt-get): its tests will be skipped"; fi; \
+	    echo "installing$$missing (Debian packages)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "could not install$$missing: the tests that need them will be skipped"; \
+	  else echo "not installed:$$missing (needs root and apt-get): their tests will be skipped"; fi; \
 	fi
 
 ## make check: the before-commit habit (format, lint, types, layer contracts), no tests
