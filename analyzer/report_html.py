@@ -127,14 +127,19 @@ def _timeline(summary: Summary) -> str:
         f'<text x="{width}" y="{height + 16}" font-size="11" text-anchor="end">'
         f"{_e(last_label)} UTC</text>"
     )
-    legend_x = left
+    legend_x, legend_y = left, height + 26
     for verdict, colour in VERDICT_COLOURS.items():
+        item_w = 14 + 7 * len(verdict) + 12
+        if legend_x + item_w > width and legend_x > left:  # wrap instead of overflowing
+            legend_x, legend_y = left, legend_y + 16
         parts.append(
-            f'<rect x="{legend_x}" y="{height + 26}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{legend_x + 14}" y="{height + 35}" font-size="11">{_e(verdict)}</text>'
+            f'<rect x="{legend_x}" y="{legend_y}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{legend_x + 14}" y="{legend_y + 9}" font-size="11">{_e(verdict)}</text>'
         )
-        legend_x += 14 + 7 * len(verdict) + 12
+        legend_x += item_w
     parts.append("</svg>")
+    # The legend may have wrapped: grow the drawing to hold it.
+    parts[0] = parts[0].replace(f'height="{height + bottom}"', f'height="{legend_y + 16}"', 1)
     return "".join(parts)
 
 
