@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: system-deps demo test check lint typecheck importlint unit fixtures fixtures-check bench install clean
+.PHONY: system-deps postgres demo test check lint typecheck importlint unit fixtures fixtures-check bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@$(BIN)/python fixtures/demo.py
 
 ## make test: install with dev extras, run format check, lint, types, layer contracts, tests
-test: $(STAMP) system-deps lint typecheck importlint fixtures-check unit
+test: $(STAMP) system-deps postgres lint typecheck importlint fixtures-check unit
 
 ## Real peers the tests drive: sipp (Debian's sip-tester) and a headless browser (Debian's
 ## chromium, driven by Playwright). Installed when we can (root with apt-get, as in CI); the
@@ -37,6 +37,16 @@ system-deps:
 	      || echo "could not install$$missing: the tests that need them will be skipped"; \
 	  else echo "not installed:$$missing (needs root and apt-get): their tests will be skipped"; fi; \
 	fi
+
+## PostgreSQL for the store tests: started when installed but not running; tests skip otherwise
+postgres:
+	@if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+	  if [ "$$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null 2>&1; then \
+	    pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start \
+	      || echo "PostgreSQL could not be started: its tests will be skipped"; \
+	  else echo "PostgreSQL not running: its tests will be skipped"; fi; \
+	fi
+	@if command -v createdb >/dev/null 2>&1; then createdb -h 127.0.0.1 -U postgres test 2>/dev/null || true; fi
 
 ## make check: the before-commit habit (format, lint, types, layer contracts), no tests
 check: lint typecheck importlint

@@ -13,9 +13,15 @@ summary then goes to stdout when ``-o`` is given, else to stderr. ``--json`` pri
 summary (counts, anomalies, evidence manifest) as JSON instead of text. An evidence manifest
 is written to ``--manifest PATH``, or beside ``-o PATH`` as ``PATH.manifest.json``.
 
+``--db URL`` also records the run in a results store (``sqlite:///PATH`` or a file path for
+SQLite, ``postgresql://USER@HOST/DB`` for PostgreSQL), the one `stirscope serve` reads: a
+completed job with every call, the anomalies and the evidence manifest. It works alongside
+``--format``/``-o``; the schema is created or upgraded on first use.
+
 Exit codes: 0 when the analysis ran to the end (failing calls and anomalies are results, not
 errors; a damaged capture is analysed up to the damage); 2 on usage errors (no trust anchors,
-bad option, unreadable input, a file that is not a capture).
+bad option, unreadable input, a file that is not a capture, a results store that cannot be
+opened); 1 when the results store fails during the run (the job is then marked failed).
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -44,6 +51,17 @@ from analyzer.records import (
 )
 from analyzer.report_html import render_html
 from analyzer.run import AnalyzeJob, AnalyzeOptions, RunStats
+from analyzer.storage import (
+    DatabaseError,
+    Heartbeat,
+    InputSpec,
+    JobState,
+    Lease,
+    LeaseLost,
+    RunWriter,
+    Store,
+    StoreError,
+)
 from analyzer.trustload import TrustLoadError
 from service.cmd_verify import UsageError, add_verifier_options, config_from_args, parse_at
 
@@ -75,6 +93,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--manifest", metavar="PATH", help="write the evidence manifest here")
     parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="also record the run in this results store (sqlite:///PATH or postgresql://...)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=DEFAULT_WORKERS,
@@ -96,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, TrustLoadError) as exc:
         print(f"stirscope analyze: {exc}", file=sys.stderr)
         return 2
+    except (DatabaseError, StoreError) as exc:
+        print(f"stirscope analyze: results store: {exc}", file=sys.stderr)
+        return 1
 
 
 def _open_job(args: argparse.Namespace) -> AnalyzeJob:
@@ -127,13 +153,17 @@ def _run(args: argparse.Namespace) -> int:
                 out = stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
             except OSError as exc:
                 raise UsageError(f"cannot write {args.output}: {exc.strerror}") from exc
+        recorder = _Recorder.start(args, job, stack) if args.db else None
+        sink = recorder.add if recorder is not None else None
         progress = _Progress(job) if sys.stderr.isatty() else None
         if args.json and args.format == "table" and not args.output:
             kept = []
-            for _result in job.results(None, progress.update if progress else None):
-                pass  # the JSON summary replaces the table on stdout
+            for _digest, record in job.results(None, progress.update if progress else None):
+                if sink is not None:  # the JSON summary replaces the table on stdout
+                    assert isinstance(record, CallRecord)
+                    sink(record)
         else:
-            kept = _write(job, args.format, out, progress)
+            kept = _write(job, args.format, out, progress, sink)
         if progress is not None:
             progress.done()
         manifest = build_manifest(
@@ -160,16 +190,24 @@ def _run(args: argparse.Namespace) -> int:
         manifest_path = args.manifest or (f"{args.output}.manifest.json" if args.output else None)
         if manifest_path:
             _write_json(Path(manifest_path), manifest)
+        if recorder is not None:
+            recorder.finish(job, manifest, anomalies)
     summary_out = sys.stdout if (args.output or args.format == "table") else sys.stderr
     if args.json:
-        document = {
+        document: dict[str, object] = {
             "summary": job.summary.to_json(),
             "anomalies": anomalies,
             "manifest": manifest,
         }
+        if recorder is not None:
+            document["store"] = {"url": recorder.store.url, "job": recorder.lease.job_id}
         summary_out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:
         write_summary(job.summary, job.stats, manifest, anomalies, summary_out)
+        if recorder is not None:
+            summary_out.write(
+                f"  stored:       job {recorder.lease.job_id} in {recorder.store.url}\n"
+            )
     return 0
 
 
@@ -180,12 +218,21 @@ def _write_json(path: Path, document: dict[str, object]) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def _write(job: AnalyzeJob, fmt: str, out: TextIO, progress: _Progress | None) -> list[CallRecord]:
-    """Stream the records in ``fmt``; returns the records kept for an HTML report."""
+def _write(
+    job: AnalyzeJob,
+    fmt: str,
+    out: TextIO,
+    progress: _Progress | None,
+    sink: Callable[[CallRecord], None] | None = None,
+) -> list[CallRecord]:
+    """Stream the records in ``fmt`` (and each record to ``sink``); returns the records kept
+    for an HTML report."""
     update = progress.update if progress else None
     kept: list[CallRecord] = []
     if fmt == "html":
         for record in job.records(update):
+            if sink is not None:
+                sink(record)
             if len(kept) < MAX_HTML_CALLS:
                 kept.append(record)
         return kept
@@ -195,9 +242,17 @@ def _write(job: AnalyzeJob, fmt: str, out: TextIO, progress: _Progress | None) -
     if fmt == "table":
         out.write(table_header())
     rows = 0
-    for _digest, text in job.results(render, update):
-        out.write(str(text))
-        rows += 1
+    if sink is not None:
+        # The store needs the records themselves: render here rather than in the workers.
+        for _digest, item in job.results(None, update):
+            assert isinstance(item, CallRecord)
+            sink(item)
+            out.write(render(item))
+            rows += 1
+    else:
+        for _digest, text in job.results(render, update):
+            out.write(str(text))
+            rows += 1
     if fmt == "table":
         out.write("(no calls)\n\n" if not rows else "\n")
     return kept
@@ -326,3 +381,91 @@ class _Progress:
     def done(self) -> None:
         sys.stderr.write("\r\033[K")
         sys.stderr.flush()
+
+
+class _Recorder:
+    """``--db``: the run recorded as a job of the results store, written as it goes.
+
+    The job is created ``running`` under a lease of this process, renewed by a heartbeat
+    thread (a stretch of capture without calls must not look like a dead run); calls go in
+    batches; the end writes the run's anomalies, summary, manifest and input hashes and marks
+    the job done. An error or Ctrl-C marks it failed or interrupted. ARCHITECTURE.md 2.
+    """
+
+    def __init__(self, store: Store, lease: Lease, writer: RunWriter, beat: Heartbeat) -> None:
+        self.store = store
+        self.lease = lease
+        self.writer = writer
+        self.beat = beat
+        self.finished = False
+
+    @classmethod
+    def start(
+        cls, args: argparse.Namespace, job: AnalyzeJob, stack: contextlib.ExitStack
+    ) -> _Recorder:
+        try:
+            store = Store.open(args.db)
+        except StoreError as exc:
+            raise UsageError(f"--db: {exc}") from exc
+        stack.callback(store.close)
+        try:
+            store.migrate()
+        except (StoreError, DatabaseError) as exc:
+            raise UsageError(f"--db: {exc}") from exc
+        options = {
+            "command": "analyze",
+            "configuration": job.options.config.to_json(),
+            "at": job.options.at_override.isoformat() if job.options.at_override else None,
+            "verify_checksums": job.options.verify_checksums,
+        }
+        inputs = [
+            InputSpec(name, size) for name, size in zip(args.captures, job.sizes, strict=True)
+        ]
+        lease = store.begin_job(
+            inputs, options, owner=f"{socket.gethostname()}/{os.getpid()}",
+            total_bytes=job.total_bytes,
+        )  # fmt: skip
+        recorder = cls(
+            store,
+            lease,
+            store.writer(lease, background=True),
+            store.keep_alive(lease, lambda: job.bytes_read),
+        )
+        stack.push(recorder._exit)
+        recorder.beat.start()
+        return recorder
+
+    def add(self, record: CallRecord) -> None:
+        self.writer.add(record)
+
+    def finish(
+        self, job: AnalyzeJob, manifest: dict[str, object], anomalies: list[dict[str, object]]
+    ) -> None:
+        self.writer.close()
+        self.writer.add_anomalies(anomalies)
+        self.beat.stop()
+        self.store.complete(
+            self.lease,
+            summary=job.summary.to_json(),
+            manifest=manifest,
+            inputs=[InputSpec(i.name, i.size, i.sha256) for i in job.inputs()],
+            progress_bytes=job.bytes_read,
+        )
+        self.finished = True
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: object,
+    ) -> bool:
+        self.beat.stop()
+        self.writer.abort()
+        if self.finished:
+            return False
+        interrupted = exc is not None and not isinstance(exc, Exception)  # Ctrl-C, exit
+        error = f"{type(exc).__name__}: {exc}" if exc is not None else "ended before completion"
+        state = JobState.INTERRUPTED if interrupted else JobState.FAILED
+        with contextlib.suppress(LeaseLost, StoreError, DatabaseError):
+            self.store.fail(self.lease, error, state=state)
+        return False
