@@ -23,20 +23,22 @@ unknown Call-ID opens a call. Within a call:
 * Messages of a Call-ID just emitted are counted as late; other messages for an unknown
   Call-ID (a capture that starts mid-call, REGISTER, OPTIONS...) are counted, not tracked.
 
-Time is the capture time of the messages (never the clock), so a run is deterministic.
+The tracker reads only each message's correlation keys (``ObservedMessage.keys``, see
+sip/keys.py: method or status, Call-ID, CSeq, To tag, top Via branch, Identity presence), so
+most messages are never parsed in full. Time is the capture time of the messages (never the
+clock), so a run is deterministic.
 """
 
 from __future__ import annotations
 
 import heapq
-import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from analyzer.anomaly import Anomaly, AnomalyKind
 from analyzer.capture import ObservedMessage
-from sip import Request, Response
+from sip.keys import MessageKeys
 
 NS_PER_S = 1_000_000_000
 # How long a closing call absorbs stragglers: 64*T1 = 32 s, the lifetime of an INVITE client
@@ -129,7 +131,7 @@ class Call:
     def primary(self) -> Leg:
         """The leg whose INVITE speaks for the call: the first signed one, else the first."""
         for leg in self.legs:
-            if _signed(leg.invite.message):
+            if leg.invite.keys.identity:
                 return leg
         return self.legs[0]
 
@@ -207,45 +209,6 @@ class _OpenCall:
         )
 
 
-# Correlation keys are read from the raw header values (the typed accessors parse every Via
-# and the full name-addr, several times the cost, and the tracker sees every message): the
-# branch of the first Via value (RFC 3261 section 8.1.1.7), the To tag (section 19.3), CSeq.
-_BRANCH = re.compile(r";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
-_TAG = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
-
-
-def _branch(message: Request | Response) -> str:
-    """The top Via branch (first value of the first Via header). RFC 3261 section 8.1.1.7."""
-    value = message.headers.get("via")
-    if not value:
-        return ""
-    found = _BRANCH.search(value.split(",", 1)[0])
-    return found.group(1) if found else ""
-
-
-def _to_tag(message: Request | Response) -> str | None:
-    """The To header's tag parameter (not a parameter inside ``<URI>``). RFC 3261 section 19.3."""
-    value = message.headers.get("to")
-    if not value:
-        return None
-    close = value.rfind(">")
-    found = _TAG.search(value, close + 1 if close >= 0 else 0)
-    return found.group(1) if found else None
-
-
-def _cseq(message: Request | Response) -> tuple[int, str] | None:
-    """CSeq number and method, or None when malformed. RFC 3261 section 20.16."""
-    value = message.headers.get("cseq")
-    parts = value.split() if value else ()
-    if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
-        return None
-    return int(parts[0]), parts[1]
-
-
-def _signed(message: Request | Response) -> bool:
-    return message.headers.get("identity") is not None
-
-
 @dataclass(slots=True)
 class TrackerStats:
     """Counts for the run summary."""
@@ -308,37 +271,38 @@ class CallTracker:
                 self._expire(out)
                 self._next_expiry = self._now + EXPIRY_STEP_NS
         self.stats.messages += 1
-        message = obs.message
-        call_id = message.call_id
-        if isinstance(message, Request) and message.method == "INVITE":
+        keys = obs.keys
+        call_id = keys.call_id
+        method = keys.method
+        if method == "INVITE":
             self.stats.invites += 1
         if not call_id:
             self.stats.no_call_id += 1
             self.anomalies.append(
                 Anomaly(
                     AnomalyKind.SIP_MISSING_CALL_ID, obs.frame, obs.ts_ns,
-                    f"{message.start_line[:80]!r} has no Call-ID (RFC 3261 section 8.1.1.4)",
+                    f"{obs.message.start_line[:80]!r} has no Call-ID (RFC 3261 section 8.1.1.4)",
                     obs.source_file,
                 )
             )  # fmt: skip
             return out
         call = self._calls.get(call_id)
-        if isinstance(message, Request):
-            if message.method == "INVITE":
+        if method is not None:
+            if method == "INVITE":
                 if call is None:
                     self._closed.pop(call_id, None)
                     call = self._open(call_id, obs, out)
-                self._invite(call, obs, message)
+                self._invite(call, obs, keys)
             elif call is None:
-                self._unmatched(call_id, message.method)
+                self._unmatched(call_id, method)
                 return out
             else:
-                self._request(call, obs, message)
+                self._request(call, obs, method)
         else:
             if call is None:
                 self._unmatched(call_id, "response")
                 return out
-            self._response(call, obs, message)
+            self._response(call, obs, keys)
         self._touch(call, obs)
         return out
 
@@ -385,15 +349,15 @@ class CallTracker:
             order = self._answered if call.answered else self._pending
             order.move_to_end(call.call_id)
 
-    def _invite(self, call: _OpenCall, obs: ObservedMessage, message: Request) -> None:
+    def _invite(self, call: _OpenCall, obs: ObservedMessage, keys: MessageKeys) -> None:
         call.invites += 1
-        if _to_tag(message) and call.legs:
+        if keys.to_tag and call.legs:
             call.reinvites += 1
             return
-        cseq = _cseq(message)
+        cseq = keys.cseq
         if cseq is not None:
             call.initial_cseqs.add(cseq[0])
-        branch = _branch(message)
+        branch = keys.branch
         hop = (obs.src, obs.sport, obs.dst, obs.dport, obs.transport)
         for leg in call.legs:
             if (leg.src, leg.sport, leg.dst, leg.dport, leg.transport) != hop:
@@ -404,7 +368,7 @@ class CallTracker:
                 return
             leg.branches.add(branch)
             leg.attempts += 1
-            if not _signed(leg.invite.message) and _signed(message):
+            if not leg.invite.keys.identity and keys.identity:
                 leg.invite = obs
             self._reopen(call)
             return
@@ -424,8 +388,7 @@ class CallTracker:
         call.cancelled = False
         self._pending[call.call_id] = None
 
-    def _request(self, call: _OpenCall, obs: ObservedMessage, message: Request) -> None:
-        method = message.method
+    def _request(self, call: _OpenCall, obs: ObservedMessage, method: str) -> None:
         if method == "CANCEL":
             call.cancelled = True
         elif method == "BYE":
@@ -433,12 +396,13 @@ class CallTracker:
                 call.bye_ns = obs.ts_ns
             self._close(call, CallEnd.BYE, obs.ts_ns)
 
-    def _response(self, call: _OpenCall, obs: ObservedMessage, message: Response) -> None:
-        cseq = _cseq(message)
+    def _response(self, call: _OpenCall, obs: ObservedMessage, keys: MessageKeys) -> None:
+        cseq = keys.cseq
         if cseq is None or cseq[1] != "INVITE" or cseq[0] not in call.initial_cseqs:
             return
-        status = message.status
-        leg = self._leg_for(call, obs, message)
+        status = keys.status
+        assert status is not None  # a response (keys.method is None)
+        leg = self._leg_for(call, obs, keys.branch)
         if status < 200:
             if status not in call.provisional:
                 call.provisional.append(status)
@@ -459,8 +423,7 @@ class CallTracker:
         end = CallEnd.CANCEL if call.cancelled else CallEnd.FINAL_RESPONSE
         self._close(call, end, obs.ts_ns)
 
-    def _leg_for(self, call: _OpenCall, obs: ObservedMessage, message: Response) -> _Leg | None:
-        branch = _branch(message)
+    def _leg_for(self, call: _OpenCall, obs: ObservedMessage, branch: str) -> _Leg | None:
         for leg in call.legs:
             if branch and branch in leg.branches:
                 return leg

@@ -2,8 +2,10 @@
 
 Theory of operation: ``iter_segments`` (analyzer/pcapfile.py) yields UDP datagrams whole, HEP
 inner packets whole and TCP as in-order chunks per direction. A UDP datagram or a HEP packet
-carries exactly one SIP message (RFC 3261 section 18.1.1; HEP agents send one per packet), so
-it goes straight to ``sip.parse_message``. A TCP direction gets a ``sip.StreamFramer``; the
+carries exactly one SIP message (RFC 3261 section 18.1.1; HEP agents send one per packet):
+``sip.keys.scan_keys`` reads its call keys and the full ``sip.parse_message`` is deferred to
+first use (in a worker process, for the INVITEs that get verified), unless the scan declines an
+unusual message, which is then parsed at once. A TCP direction gets a ``sip.StreamFramer``; the
 bytes fed and not yet consumed are mirrored (bounded by one message, like the framer's own
 buffer) together with the frames that carried them, so every message is attributed to exactly
 the frames holding its bytes, and the capture time of the frame that completed it. A chunk
@@ -31,6 +33,7 @@ from sip import (
     StreamFramer,
     parse_message,
 )
+from sip.keys import MessageKeys, keys_of, scan_keys
 from sip.parser import find_header_end
 
 # TCP directions with an open framer. One per SIP connection direction; iter_segments already
@@ -51,17 +54,21 @@ def anomaly_to_json(item: AnyAnomaly) -> dict[str, object]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ObservedMessage:
     """One SIP message as seen on the wire: the message plus where and when.
 
     ``frame`` is the first frame that carried its bytes and ``frames`` every such frame, in
     delivery order; ``ts_ns`` is the capture time (integer ns since the epoch) of the packet
     that completed it. ``transport`` is the inner transport (``udp`` or ``tcp``);
-    ``encapsulation`` is ``"hep"`` when it was unwrapped from HEP. ARCHITECTURE.md section 2.
+    ``encapsulation`` is ``"hep"`` when it was unwrapped from HEP. ``keys`` are the call
+    correlation keys; ``message`` is the parsed message, parsed on first use when the value
+    was made by ``scanned`` (the call tracker needs only the keys, and most messages are
+    never looked at again). ARCHITECTURE.md section 2.
     """
 
-    message: Request | Response
+    raw: bytes
+    keys: MessageKeys
     ts_ns: int
     frame: int
     frames: tuple[int, ...]
@@ -72,24 +79,70 @@ class ObservedMessage:
     transport: str
     source_file: int = 0
     encapsulation: str = ""
+    _parsed: Request | Response | None = field(default=None, repr=False, compare=False)
+
+    def __init__(
+        self, message: Request | Response, ts_ns: int, frame: int, frames: tuple[int, ...],
+        src: str, sport: int, dst: str, dport: int, transport: str, source_file: int = 0,
+        encapsulation: str = "",
+    ) -> None:  # fmt: skip
+        _fill(
+            self, message.raw, keys_of(message), ts_ns, frame, frames, src, sport, dst, dport,
+            transport, source_file, encapsulation, message,
+        )  # fmt: skip
+
+    @classmethod
+    def scanned(
+        cls, raw: bytes, keys: MessageKeys, ts_ns: int, frame: int, frames: tuple[int, ...],
+        src: str, sport: int, dst: str, dport: int, transport: str, source_file: int = 0,
+        encapsulation: str = "",
+    ) -> ObservedMessage:  # fmt: skip
+        """A message known by its bytes and keys (``sip.keys.scan_keys``), parsed on demand."""
+        obs = cls.__new__(cls)
+        _fill(
+            obs, raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
+            encapsulation, None,
+        )  # fmt: skip
+        return obs
+
+    @property
+    def message(self) -> Request | Response:
+        """The parsed message (RFC 3261 section 7)."""
+        parsed = self._parsed
+        if parsed is None:
+            # scan_keys vouched for it: parse_message does not raise on these bytes.
+            parsed = parse_message(self.raw)
+            object.__setattr__(self, "_parsed", parsed)
+        return parsed
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        # Worker processes get the raw bytes and parse them again: cheaper to pickle than the
-        # parsed message with its accessor cache, and parsing is deterministic.
-        return _rebuild, (
-            self.message.raw, self.ts_ns, self.frame, self.frames, self.src, self.sport,
+        # Worker processes get the raw bytes and parse them again when needed: cheaper to
+        # pickle than the parsed message with its accessor cache, and parsing is deterministic.
+        return ObservedMessage.scanned, (
+            self.raw, self.keys, self.ts_ns, self.frame, self.frames, self.src, self.sport,
             self.dst, self.dport, self.transport, self.source_file, self.encapsulation,
         )  # fmt: skip
 
 
-def _rebuild(
-    raw: bytes, ts_ns: int, frame: int, frames: tuple[int, ...], src: str, sport: int, dst: str,
-    dport: int, transport: str, source_file: int, encapsulation: str,
-) -> ObservedMessage:  # fmt: skip
-    return ObservedMessage(
-        parse_message(raw), ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
-        encapsulation,
-    )  # fmt: skip
+def _fill(
+    obs: ObservedMessage, raw: bytes, keys: MessageKeys, ts_ns: int, frame: int,
+    frames: tuple[int, ...], src: str, sport: int, dst: str, dport: int, transport: str,
+    source_file: int, encapsulation: str, parsed: Request | Response | None,
+) -> None:  # fmt: skip
+    setattr_ = object.__setattr__
+    setattr_(obs, "raw", raw)
+    setattr_(obs, "keys", keys)
+    setattr_(obs, "ts_ns", ts_ns)
+    setattr_(obs, "frame", frame)
+    setattr_(obs, "frames", frames)
+    setattr_(obs, "src", src)
+    setattr_(obs, "sport", sport)
+    setattr_(obs, "dst", dst)
+    setattr_(obs, "dport", dport)
+    setattr_(obs, "transport", transport)
+    setattr_(obs, "source_file", source_file)
+    setattr_(obs, "encapsulation", encapsulation)
+    setattr_(obs, "_parsed", parsed)
 
 
 @dataclass(slots=True)
@@ -120,8 +173,19 @@ class MessageReader:
         self.segments += 1
         if seg.transport == "tcp" and not seg.encapsulation:
             return self._stream(seg)
+        payload = seg.payload if type(seg.payload) is bytes else bytes(seg.payload)
+        keys = scan_keys(payload)
+        if keys is not None:  # the common case: keys now, the full parse only if needed
+            self.messages += 1
+            return [
+                ObservedMessage.scanned(
+                    payload, keys, seg.ts_ns, seg.frame, seg.frames or (seg.frame,), seg.src,
+                    seg.sport, seg.dst, seg.dport, seg.transport, seg.source_file,
+                    seg.encapsulation,
+                )
+            ]  # fmt: skip
         try:
-            message = parse_message(seg.payload)
+            message = parse_message(payload)
         except SipParseError as exc:
             return [
                 Anomaly(

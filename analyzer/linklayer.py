@@ -93,8 +93,19 @@ _LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
 _HEP_V12_HEADER_LENGTHS = frozenset({16, 40})  # IPv4 / IPv6 fixed headers (STANDARDS 13)
 # First payload bytes that may start SIP or HEP (see looks_like_sip_or_hep).
 _MAYBE_FIRST_BYTES = _LETTERS | {1, 2, 10, 13}
+# The same as a table indexed by the first payload byte: 1 where neither can start.
+NOT_SIP_FIRST_BYTE = bytes(0 if b in _MAYBE_FIRST_BYTES else 1 for b in range(256))
+# The bytes of an Ethernet frame ``decode_record``'s first test reads, as a ``struct`` format
+# (after the 16-byte pcap record header, any byte order: single bytes only): EtherType (12,
+# 13), IPv4 version/IHL (14), flags/fragment offset (20, 21), protocol (23), first UDP
+# payload byte (42, after 14 + 20 + 8 header bytes). Capture readers use it to skip RTP.
+PLAIN_UDP_PROBE = "IIII12xBBB5xBBxB18xB"
+PLAIN_UDP_PROBE_LEN = 43
 
 ConnKey = tuple[str, int, str, int]
+_PORTS = struct.Struct("!HH").unpack_from
+# IPv4 address pairs whose text is cached (bounded: cleared when full; ~100 bytes each).
+MAX_CACHED_ADDRESS_PAIRS = 4096
 
 
 def _addrs(data: bytes, ipoff: int, version: int) -> tuple[str, str]:
@@ -169,6 +180,7 @@ class LinkDecoder:
         self._tls: dict[ConnKey, None] = {}
         self._pending: dict[ConnKey, list[Segment]] = {}
         self._unknown_links: set[int] = set()
+        self._addr_cache: dict[bytes, tuple[str, str]] = {}
 
     # -- public ----------------------------------------------------------------------------
 
@@ -200,9 +212,15 @@ class LinkDecoder:
                 and data[23] == IPPROTO_UDP
                 and not data[20] & 0x3F
                 and not data[21]
-                and data[42] not in _MAYBE_FIRST_BYTES
             ):
-                return None
+                if NOT_SIP_FIRST_BYTE[data[42]]:
+                    return None  # keep in step with PLAIN_UDP_PROBE (the readers' skip)
+                # Maybe SIP: what _ip would do for a 20-byte header, straight to UDP.
+                total = data[16] << 8 | data[17]
+                if not total:
+                    return self._udp(frame, ts_ns, data, 34, len(data), 14, 4, None, ())
+                if total >= 20:
+                    return self._udp(frame, ts_ns, data, 34, 14 + total, 14, 4, None, ())
             if len(data) < 14:
                 return self._bad(frame, ts_ns, AnomalyKind.MALFORMED_PACKET, "short Ethernet")
             et = data[12] << 8 | data[13]
@@ -285,6 +303,19 @@ class LinkDecoder:
         return None
 
     # -- layers ----------------------------------------------------------------------------
+
+    def _addr_pair(self, data: bytes, ipoff: int, version: int) -> tuple[str, str]:
+        """Source and destination address text, cached by their bytes (a capture has few
+        distinct pairs; formatting them is a visible share of the per-packet cost)."""
+        if version != 4:
+            return _addrs(data, ipoff, version)
+        raw = data[ipoff + 12 : ipoff + 20]
+        pair = self._addr_cache.get(raw)
+        if pair is None:
+            if len(self._addr_cache) >= MAX_CACHED_ADDRESS_PAIRS:
+                self._addr_cache.clear()
+            pair = self._addr_cache[raw] = _addrs(data, ipoff, version)
+        return pair
 
     def _bad(self, frame: int, ts_ns: int, kind: AnomalyKind, detail: str) -> Segment | None:
         """Record an anomaly; returns ``None`` so a layer can ``return self._bad(...)``."""
@@ -385,8 +416,10 @@ class LinkDecoder:
         if uend > n:
             self._truncated(frame, ts_ns, "UDP datagram", uend - p, n - p)
             uend = n
-        src, dst = addrs or _addrs(data, ipoff, version)
-        sport, dport = struct.unpack_from("!HH", data, p)
+        if addrs is None:
+            addrs = self._addr_pair(data, ipoff, version)
+        src, dst = addrs
+        sport, dport = _PORTS(data, p)
         payload = data[p + 8 : uend]
         if self.verify_checksums and data[p + 6 : p + 8] != b"\0\0":
             self._check(frame, ts_ns, version, src, dst, IPPROTO_UDP, data[p:uend])
@@ -421,7 +454,7 @@ class LinkDecoder:
         if pl >= lim and not flags & (TCP_SYN | TCP_FIN | TCP_RST):
             return None  # pure ACK / window update
         sport, dport, seq = struct.unpack_from("!HHI", data, p)
-        src, dst = addrs or _addrs(data, ipoff, version)
+        src, dst = addrs or self._addr_pair(data, ipoff, version)
         key: ConnKey = (
             (src, sport, dst, dport) if (src, sport) <= (dst, dport) else (dst, dport, src, sport)
         )

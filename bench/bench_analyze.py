@@ -5,13 +5,17 @@ Generates (at bench time, in a temporary directory) ``CALLS`` calls, each a sign
 BYE and its 200, over UDP/Ethernet. Then times, side by side on the same file:
 
 * ``stirscope analyze FILE --trust ... --certs ... --format jsonl`` (scan, reassembly, call
-  tracking, verification of every INVITE, JSONL out), default workers;
+  tracking, verification of every INVITE, JSONL out) with ``--workers 1`` and ``2``, each
+  ``BENCH_REPEAT`` times (median reported);
 * ``tshark -r FILE -Y 'sip.Method == "INVITE"' -T fields -e sip.Call-ID -e sip.Identity``
   (extraction only), when tshark is installed;
 * ``sip-doctor read --json FILE`` when installed (it is not a dependency).
 
-Each runs as a child process; wall time and the child's peak RSS (``wait4``) are reported with
-calls/s, MB/s and the ratios. Measurement only: it never fails on a number.
+Each runs as a child process; wall time, CPU time and peak RSS of the child and its workers
+(``wait4``) are reported with calls/s, MB/s and the ratios. The other tools are killed after
+``BENCH_OTHER_LIMIT_S`` seconds (the ratio is then a lower bound). ``BENCH_FILE`` reuses a
+capture already generated with the same ``BENCH_CALLS``. Measurement only: it never fails on a
+number.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -32,6 +37,11 @@ sys.path.insert(0, str(ROOT))
 from shaken.signing import shaken_payload, sign_passport  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "10000"))
+# Runs of each stirscope row; the median is reported (a shared machine is noisy).
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+# Time limit for the other tools: tshark's time grows faster than linearly with the number
+# of calls in one capture (measured: ~6 s for 1,000 calls, more than 10 minutes for 10,000).
+OTHER_LIMIT_S = float(os.environ.get("BENCH_OTHER_LIMIT_S", "600"))
 RTP_PER_CALL = 50
 NS = 1_000_000_000
 START_S = 1_768_478_400  # 2026-01-15T12:00:00Z, inside the test certificates' validity
@@ -137,58 +147,100 @@ def build(path: Path) -> tuple[int, int]:
     return packets, CALLS
 
 
-def timed(argv: list[str]) -> tuple[float, int, bytes]:
-    """(wall seconds, peak RSS in MB of the child, stdout) of one child process."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One child process: wall seconds, CPU seconds (itself and its workers), peak RSS in MB
+    of the largest process, stdout lines; ``timed_out`` when killed at the time limit."""
+
+    seconds: float
+    cpu: float
+    rss_mb: int
+    lines: int
+    timed_out: bool = False
+
+
+def timed(argv: list[str], limit_s: float | None = None) -> Run:
+    """Run ``argv`` as a child process: wall time, and from ``wait4`` its CPU time and peak
+    RSS (the child and the workers it waited for); killed after ``limit_s`` seconds."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    return seconds, usage.ru_maxrss // 1024, out
+    deadline = None if limit_s is None else start + limit_s
+    timed_out = False
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline and not timed_out:
+                proc.kill()
+                timed_out = True
+            time.sleep(0.01)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        lines = out.read().count(b"\n")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(seconds, cpu, usage.ru_maxrss // 1024, lines, timed_out)
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.pcap"
+        given = os.environ.get("BENCH_FILE")
+        path = Path(given) if given else Path(tmp) / "bench.pcap"
         t0 = time.perf_counter()
-        packets, invites = build(path)
+        if given:
+            invites = CALLS
+            print(f"using {path} ({invites} calls assumed, BENCH_CALLS)")
+        else:
+            packets, invites = build(path)
+            print(f"generated {invites} calls, {packets} packets in "
+                  f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
         size = path.stat().st_size
-        print(f"generated {invites} calls, {packets} packets, {size / 1e6:.1f} MB "
-              f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        print(f"capture: {size / 1e6:.1f} MB; {REPEAT} runs per stirscope row (median)")
         fixtures = ROOT / "fixtures"
         stirscope = [sys.executable, "-m", "service.cli", "analyze", str(path),
                      "--trust", str(fixtures / "pki" / "trust"), "--certs",
                      str(fixtures / "certs"), "--format", "jsonl"]  # fmt: skip
-        rows: list[tuple[str, list[str]]] = [
-            ("stirscope analyze", stirscope),
+        ours: list[tuple[str, list[str]]] = [
             ("stirscope --workers 1", [*stirscope, "--workers", "1"]),
+            ("stirscope --workers 2", [*stirscope, "--workers", "2"]),
         ]
+        others: list[tuple[str, list[str]]] = []
         if shutil.which("tshark"):
-            rows.append(("tshark extraction", [
+            others.append(("tshark extraction", [
                 "tshark", "-r", str(path), "-Y", 'sip.Method == "INVITE"', "-T", "fields",
                 "-e", "sip.Call-ID", "-e", "sip.Identity",
             ]))  # fmt: skip
         else:
             print("tshark not installed: skipped")
         if shutil.which("sip-doctor"):
-            rows.append(("sip-doctor read", ["sip-doctor", "read", "--json", str(path)]))
+            others.append(("sip-doctor read", ["sip-doctor", "read", "--json", str(path)]))
         else:
             print("sip-doctor not installed (pip install sip-doctor): skipped")
-        results = {}
-        print(f"{'':22} {'seconds':>8} {'calls/s':>9} {'MB/s':>7} {'peak MB':>8}  output")
-        for name, argv in rows:
-            seconds, rss, out = timed(argv)
-            results[name] = seconds
-            lines = out.count(b"\n")
-            print(f"{name:22} {seconds:8.2f} {invites / seconds:9,.0f} {size / seconds / 1e6:7.1f}"
-                  f" {rss:8,}  {lines} lines")  # fmt: skip
-        ours = results["stirscope analyze"]
-        for name, seconds in results.items():
-            if not name.startswith("stirscope"):
-                print(f"stirscope analyze is {seconds / ours:.1f}x faster than {name}")
+        print(f"{'':22} {'seconds':>8} {'cpu s':>7} {'calls/s':>9} {'MB/s':>7} {'peak MB':>8}"
+              "  output")  # fmt: skip
+        results: dict[str, Run] = {}
+        for name, argv in ours:
+            runs = sorted((timed(argv) for _ in range(REPEAT)), key=lambda r: r.seconds)
+            results[name] = runs[len(runs) // 2]
+            _row(name, results[name], invites, size)
+        for name, argv in others:
+            results[name] = timed(argv, OTHER_LIMIT_S)
+            _row(name, results[name], invites, size)
+        for name, run in results.items():
+            if name.startswith("stirscope"):
+                continue
+            for mine in ours:
+                ratio = run.seconds / results[mine[0]].seconds
+                more = "more than " if run.timed_out else ""
+                print(f"{mine[0]} is {more}{ratio:.1f}x faster than {name}")
     return 0
+
+
+def _row(name: str, run: Run, invites: int, size: int) -> None:
+    cut = f"  (killed at {OTHER_LIMIT_S:.0f} s)" if run.timed_out else ""
+    print(f"{name:22} {run.seconds:8.2f} {run.cpu:7.2f} {invites / run.seconds:9,.0f} "
+          f"{size / run.seconds / 1e6:7.1f} {run.rss_mb:8,}  {run.lines} lines{cut}")  # fmt: skip
 
 
 if __name__ == "__main__":
