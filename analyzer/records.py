@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from analyzer.capture import AnyAnomaly
+from analyzer.traceback_replay import ReplayFlag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NS_PER_US = 1000
@@ -158,6 +159,10 @@ class CallRecord:
     messages: int = 0
     retransmissions: int = 0
     error: str | None = None
+    # SHA-256 of each Identity value's signature, parallel to ``passports`` (replay evidence),
+    # and the possible-replay flag (analyzer.traceback_replay; RFC 8224 section 12.1).
+    signatures: tuple[str | None, ...] = ()
+    replay: ReplayFlag | None = None
 
     @property
     def start(self) -> str:
@@ -203,6 +208,8 @@ class CallRecord:
                 "retransmissions": self.retransmissions,
                 "anomalies": list(self.anomalies),
                 "error": self.error,
+                "signatures": list(self.signatures),
+                "replay": self.replay.to_json() if self.replay is not None else None,
             }
         )
         return out

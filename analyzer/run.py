@@ -33,6 +33,7 @@ from analyzer.calls import Call, CallTracker, TrackerStats
 from analyzer.capture import AnyAnomaly, MessageReader, ObservedMessage, messages_from_segments
 from analyzer.pcapfile import Source, iter_segments
 from analyzer.records import CallDigest, CallRecord, Summary
+from analyzer.traceback_replay import ReplayDetector, ReplayFlag
 from analyzer.verifying import VerifierConfig, build_verifier
 from shaken.verifier import Verifier
 
@@ -148,6 +149,8 @@ Render = Callable[[CallRecord], str]
 """Turns a record into output text; applied where the record is made (in workers, so only
 text and a small ``CallDigest`` cross the process boundary). Must be a module-level function."""
 Result = tuple[CallDigest, "CallRecord | str"]
+# A finished call with the run's cross-call replay flag (decided in emission order, here).
+Flagged = tuple[Call, ReplayFlag | None]
 
 # -- worker process state --------------------------------------------------------------------
 
@@ -160,10 +163,10 @@ def _init_worker(config: VerifierConfig) -> None:
 
 
 def _assess_chunk(
-    calls: list[Call], at_override: datetime | None, render: Render | None
+    calls: list[Flagged], at_override: datetime | None, render: Render | None
 ) -> list[Result]:
     assert _WORKER is not None
-    return [_result(assess_call(call, _WORKER, at_override), render) for call in calls]
+    return [_result(assess_call(c, _WORKER, at_override, flag), render) for c, flag in calls]
 
 
 def _result(record: CallRecord, render: Render | None) -> Result:
@@ -263,10 +266,10 @@ class AnalyzeJob:
     ) -> Iterator[Result]:
         at = self.options.at_override
         verifier = self.verifier
-        calls = self._calls()
+        calls = self._flagged()
         done = 0
-        for call in calls:
-            yield _result(assess_call(call, verifier, at), render)
+        for call, flag in calls:
+            yield _result(assess_call(call, verifier, at, flag), render)
             done += 1
             if progress is not None and done % CHUNK_CALLS == 0:
                 progress(done)
@@ -276,9 +279,18 @@ class AnalyzeJob:
             return
         yield from self._pooled(calls, done, render, progress)
 
+    def _flagged(self) -> Iterator[Flagged]:
+        """Finished calls with their replay flag: the same PASSporT on an earlier call of the
+        run (RFC 8224 section 12.1), decided here, in emission order, whatever the workers."""
+        detector = ReplayDetector(self.options.config.policy.freshness_s)
+        for call in self._calls():
+            invite = call.primary.invite
+            values = invite.keys.identity_values  # no full parse here (sip/keys.py)
+            yield call, detector.observe(call.call_id, invite.ts_ns, values) if values else None
+
     def _pooled(
         self,
-        calls: Iterator[Call],
+        calls: Iterator[Flagged],
         done: int,
         render: Render | None,
         progress: Callable[[int], None] | None,
@@ -305,8 +317,8 @@ class AnalyzeJob:
                     progress(done)
 
 
-def _chunks(calls: Iterator[Call]) -> Iterator[list[Call]]:
-    chunk: list[Call] = []
+def _chunks(calls: Iterator[Flagged]) -> Iterator[list[Flagged]]:
+    chunk: list[Flagged] = []
     for call in calls:
         chunk.append(call)
         if len(chunk) >= CHUNK_CALLS:
