@@ -8,6 +8,10 @@ Side by side in one run:
    second, per core of server CPU time, and the p50/p99 of sipp's per-call response times
    (``-trace_rtt``, millisecond resolution), failures and retransmissions.
 
+First, without sipp: HEP packets per second through the live pipeline alone (no
+verification) and through a HEP collector on loopback UDP that verifies every call (warm
+cache), with what it shed or the kernel dropped.
+
 The goal (issue 7): at least half of the in-process rate per core, with p99 under 20 ms at
 that rate. Ratios matter, not absolutes: the machine is shared and noisy. Skipped (exit 0)
 when sipp is not installed.
@@ -15,14 +19,17 @@ when sipp is not installed.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,14 +38,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analyzer.assess import assess_call  # noqa: E402
+from analyzer.calls import Call  # noqa: E402
 from analyzer.extract import request_from_sip_bytes  # noqa: E402
+from analyzer.live import LivePipeline  # noqa: E402
+from analyzer.records import CallRecord  # noqa: E402
 from analyzer.verifying import build_verifier  # noqa: E402
+from service.listen_hep import HepCollector  # noqa: E402
+from service.listen_sip import Endpoint, Transport  # noqa: E402
+from service.live_feed import LiveFeed  # noqa: E402
+from tests.service.hep_packets import NS, dialog_hep, ts_ns  # noqa: E402
 from tests.service.invites import (  # noqa: E402
     ALPHA_X5U,
     CERTS,
     DEST,
+    FIXTURE_AT,
     ORIG,
     TRUST,
+    fixture_call,
     fixture_config,
     fresh_invite,
     sign_identity,
@@ -47,6 +64,8 @@ from tests.service.invites import (  # noqa: E402
 
 SCENARIO = ROOT / "tests" / "service" / "sipp" / "uac_identity.xml"
 IN_PROCESS_N = 2000
+# Calls sent to the HEP collector (6 packets each): a few seconds of work.
+HEP_CALLS = 2000
 RUN_SECONDS = 5
 # Rates as fractions of the in-process rate: the goal point (0.5) and around it.
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -158,7 +177,61 @@ def drive(sipp: str, target: str, rate: int, calls: int, workdir: Path, pid: int
     )
 
 
+def hep_packets(calls: int) -> list[bytes]:
+    """``calls`` fixture dialogs (6 HEP3 packets each, distinct Call-IDs), 1 s apart."""
+    invite = fixture_call("alpha_a")
+    packets: list[bytes] = []
+    for n in range(calls):
+        one = invite.replace(b"a1b2c3d4-alpha-a", f"bench-{n}".encode())
+        packets += dialog_hep(one, ts_ns(FIXTURE_AT) + n * NS)
+    return packets
+
+
+def hep_rates() -> None:
+    """HEP packets per second: the live pipeline alone (decode, SIP keys, calls; no
+    verification), then a HEP collector on loopback UDP with verification (warm cache),
+    counting what it shed."""
+    packets = hep_packets(HEP_CALLS)
+    pipeline = LivePipeline()
+    started = time.perf_counter()
+    for packet in packets:
+        pipeline.feed_hep(packet, 0)
+    pipeline.flush()
+    scan = len(packets) / (time.perf_counter() - started)
+    print(f"HEP live pipeline (1 thread, no verify): {scan:,.0f} packets/s")
+    with build_verifier(fixture_config()) as verifier:
+
+        def assess(call: Call) -> CallRecord:
+            return assess_call(call, verifier)
+
+        feed = LiveFeed("hep", LivePipeline(), assess)
+        collector = HepCollector([Endpoint(Transport.UDP, "127.0.0.1", 0)], feed)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        asyncio.run_coroutine_threadsafe(collector.start(), loop).result(10)
+        target = (collector.endpoints[0].host, collector.endpoints[0].port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            started = time.perf_counter()
+            for n, packet in enumerate(packets):
+                sock.sendto(packet, target)
+                if n % 64 == 63:
+                    time.sleep(0)  # let the collector's loop read
+            asyncio.run_coroutine_threadsafe(collector.stop(), loop).result(120)
+            seconds = time.perf_counter() - started
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    stats = feed.stats
+    print(
+        f"HEP collector over UDP (verify, warm): {feed.pipeline.stats.packets / seconds:,.0f} "
+        f"packets/s, {stats.calls_written / seconds:,.0f} calls/s; sent {len(packets)}, "
+        f"shed {stats.shed}, kernel/other loss {len(packets) - stats.accepted - stats.shed}"
+    )
+
+
 def main() -> int:
+    hep_rates()
     sipp = shutil.which("sipp")
     if sipp is None:
         print("bench_listen: sipp not installed (apt-get install sip-tester); skipped")

@@ -3,14 +3,24 @@
 ``--sip udp:HOST:PORT`` / ``tcp:HOST:PORT`` (repeatable) runs the SIP verification server: an
 SBC sends an INVITE, stirscope verifies its Identity headers (verification time = arrival
 time) and answers ``302 Moved Temporarily`` carrying ``verstat`` (or, with ``--reject``, the
-RFC 8224 status of a failed verification); OPTIONS gets 200. ``--metrics HOST:PORT`` serves
-Prometheus metrics; ``-o PATH.jsonl`` appends one JSON line per verification. Trust and
-certificate options are those of ``stirscope verify``. SIGINT/SIGTERM stop gracefully: queued
-verifications are answered and written before exit. Exit 0 after a clean stop, 2 on usage
-errors (including an address that cannot be bound).
+RFC 8224 status of a failed verification); OPTIONS gets 200.
 
-Every listener is an object with ``start``/``stop``/``summary``; further kinds of listener
-(HEP collector, interface capture) join the same list and run in the same process.
+``--hep udp:HOST:PORT`` / ``tcp:HOST:PORT`` (repeatable) collects HEP v1/v2/v3 from capture
+agents (heplify, Kamailio, OpenSIPS...): the SIP inside is tracked into calls and each call's
+INVITE verified as of its HEP capture timestamp. ``--iface NAME`` captures one interface
+(Linux, root or CAP_NET_RAW) with an optional ``--filter`` (tcpdump syntax) and keeps the raw
+packets with ``--write-pcap PATH``. Both write one call record per finished call (the JSON
+object of ``stirscope analyze``) and one anomaly record per malformed packet (rate limited).
+
+``-o PATH.jsonl`` appends every record (``"record"``: verification, call or anomaly;
+``"source"``: sip, hep or iface), rotated with ``--rotate-size``/``--rotate-interval``
+(``--rotate-keep`` old files). ``--metrics HOST:PORT`` serves Prometheus metrics. Trust and
+certificate options are those of ``stirscope verify``; all listeners run in one process.
+SIGINT/SIGTERM stop gracefully: queued verifications are answered, every call finished or
+still open is verified and written before exit. Exit 0 after a clean stop, 2 on usage errors
+(including an address that cannot be bound or an interface that cannot be captured).
+
+Every listener is an object with ``start``/``stop``/``summary``.
 """
 
 from __future__ import annotations
@@ -18,20 +28,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Protocol
 
+from analyzer.assess import assess_call
+from analyzer.calls import Call
+from analyzer.live import LivePipeline
+from analyzer.records import CallRecord
 from analyzer.sipanswer import VerificationRecord
 from analyzer.sipserver import SipServerCore
 from analyzer.trustload import TrustLoadError
 from analyzer.verifying import build_verifier
 from service.cmd_verify import UsageError, add_verifier_options, config_from_args
+from service.listen_hep import HepCollector
+from service.listen_iface import CaptureError, InterfaceCapture
 from service.listen_sip import (
     DEFAULT_QUEUE_LIMIT,
     DEFAULT_WORKERS,
@@ -42,7 +57,17 @@ from service.listen_sip import (
     Transport,
     wall_clock,
 )
+from service.live_feed import (
+    DEFAULT_QUEUE_ITEMS,
+    INFLIGHT_PER_WORKER,
+    FeedLimits,
+    LiveCollector,
+    LiveFeed,
+    encode_line,
+)
+from service.live_feed import DEFAULT_WORKERS as DEFAULT_LIVE_WORKERS
 from service.metrics import Metrics
+from service.rotate import RotatingWriter, parse_duration, parse_size
 from shaken.result import VerificationResult
 from shaken.verifier import VerificationRequest, Verifier
 
@@ -51,7 +76,7 @@ TICK_S = 1.0
 
 
 class Listener(Protocol):
-    """One live input of ``listen`` (SIP server now; HEP collector and capture later)."""
+    """One live input of ``listen``: SIP server, HEP collector or interface capture."""
 
     async def start(self) -> list[str]: ...
 
@@ -61,27 +86,44 @@ class Listener(Protocol):
 
 
 class JsonlSink:
-    """Appends one JSON object per verification; flushed every tick and on close."""
+    """Appends one JSON object per line (verifications, call records, anomalies), from any
+    thread; rotated by size/time when asked; flushed every tick and on close."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        interval_s: float | None = None,
+        keep: int | None = None,
+    ) -> None:
         try:
-            self._handle: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            self._writer = RotatingWriter(
+                path, max_bytes=max_bytes, interval_s=interval_s, keep=keep
+            )
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
         self.written = 0
 
     def write(self, record: VerificationRecord, transport: Transport, peer: Peer) -> None:
+        """A SIP verification server answer (``--sip``)."""
         line = record.to_json()
         line["transport"] = transport.value
         line["peer"] = f"{peer[0]}:{peer[1]}"
-        self._handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        line["record"] = "verification"
+        line["source"] = "sip"
+        self.write_json(line)
+
+    def write_json(self, obj: dict[str, object]) -> None:
+        self._writer.write(encode_line(obj))
         self.written += 1
 
     def flush(self) -> None:
-        self._handle.flush()
+        self._writer.tick()
+        self._writer.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        self._writer.close()
 
 
 class SipListener:
@@ -138,10 +180,24 @@ def _hostport(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "listen",
-        help="live verification: SIP verification server (302 with verstat)",
+        help="live verification: SIP verification server, HEP collector, interface capture",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -159,40 +215,158 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="policy: answer failed verifications with their RFC 8224 code, not a 302",
     )
     parser.add_argument(
-        "--metrics", type=_hostport, metavar="HOST:PORT", help="serve Prometheus /metrics"
+        "--hep",
+        action="append",
+        type=_endpoint,
+        default=[],
+        metavar="udp|tcp:HOST:PORT",
+        help="HEP collector endpoint (repeatable; HEP v1/v2/v3, conventionally port 9060)",
     )
     parser.add_argument(
-        "-o", "--output", type=Path, metavar="PATH.jsonl", help="append verifications as JSONL"
+        "--iface", metavar="NAME", help="capture SIP on this interface (Linux; root/CAP_NET_RAW)"
+    )
+    parser.add_argument(
+        "--filter",
+        dest="bpf",
+        metavar="EXPR",
+        help="capture filter for --iface, tcpdump syntax (e.g. 'port 5060 or port 5080')",
+    )
+    parser.add_argument(
+        "--write-pcap", type=Path, metavar="PATH", help="keep the captured packets (--iface)"
+    )
+    parser.add_argument(
+        "--metrics", type=_hostport, metavar="HOST:PORT", help="serve Prometheus /metrics"
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="PATH.jsonl",
+        help="append verifications, call records and anomalies as JSONL",
+    )
+    output.add_argument(
+        "--rotate-size", type=_size, metavar="SIZE", help="rotate -o past SIZE (e.g. 100M)"
+    )
+    output.add_argument(
+        "--rotate-interval",
+        type=_duration,
+        metavar="DURATION",
+        help="rotate -o every DURATION, on UTC boundaries (e.g. 1h, 15m, 1d)",
+    )
+    output.add_argument(
+        "--rotate-keep", type=int, metavar="N", help="keep only the N newest rotated files"
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=DEFAULT_WORKERS,
         metavar="N",
-        help=f"verification threads (default {DEFAULT_WORKERS})",
+        help=f"SIP server verification threads (default {DEFAULT_WORKERS})",
     )
     parser.add_argument(
         "--queue",
         type=int,
         default=DEFAULT_QUEUE_LIMIT,
         metavar="N",
-        help=f"verifications queued before INVITEs are shed with 503 (default "
+        help=f"SIP verifications queued before INVITEs are shed with 503 (default "
         f"{DEFAULT_QUEUE_LIMIT})",
+    )
+    parser.add_argument(
+        "--live-workers",
+        type=int,
+        default=DEFAULT_LIVE_WORKERS,
+        metavar="N",
+        help=f"call verification threads per HEP/capture listener (default {DEFAULT_LIVE_WORKERS})",
+    )
+    parser.add_argument(
+        "--live-queue",
+        type=int,
+        default=DEFAULT_QUEUE_ITEMS,
+        metavar="N",
+        help=f"HEP/capture packets queued before new ones are shed (default {DEFAULT_QUEUE_ITEMS})",
     )
     add_verifier_options(parser)
     parser.set_defaults(run=run)
 
 
+def _check(args: argparse.Namespace) -> None:
+    if not (args.sip or args.hep or args.iface):
+        raise UsageError(
+            "nothing to listen on: give --sip, --hep (udp|tcp:HOST:PORT) or --iface NAME"
+        )
+    if args.workers < 1 or args.queue < 1 or args.live_workers < 1 or args.live_queue < 1:
+        raise UsageError("--workers, --queue, --live-workers and --live-queue must be >= 1")
+    if (args.bpf or args.write_pcap) and not args.iface:
+        raise UsageError("--filter and --write-pcap apply to --iface")
+    rotating = args.rotate_size or args.rotate_interval or args.rotate_keep is not None
+    if rotating and not args.output:
+        raise UsageError("--rotate-size, --rotate-interval and --rotate-keep apply to -o")
+    if args.rotate_keep is not None and args.rotate_keep < 0:
+        raise UsageError("--rotate-keep must be 0 or more")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        if not args.sip:
-            raise UsageError("nothing to listen on: give --sip udp|tcp:HOST:PORT")
-        if args.workers < 1 or args.queue < 1:
-            raise UsageError("--workers and --queue must be at least 1")
+        _check(args)
         return asyncio.run(_serve(args))
     except (UsageError, TrustLoadError) as exc:
         print(f"stirscope listen: {exc}", file=sys.stderr)
         return 2
+
+
+def _live_feed(
+    source: str,
+    verifier: Verifier,
+    args: argparse.Namespace,
+    sink: JsonlSink | None,
+    collector: LiveCollector,
+) -> LiveFeed:
+    """A pipeline + queue + verification pool for one HEP or capture listener."""
+
+    def assess(call: Call) -> CallRecord:
+        return assess_call(call, verifier)  # as of each INVITE's packet/HEP timestamp
+
+    workers = args.live_workers
+    limits = FeedLimits(
+        queue_items=args.live_queue, workers=workers, inflight=workers * INFLIGHT_PER_WORKER
+    )
+    feed = LiveFeed(source, LivePipeline(), assess, sink=sink, limits=limits)
+    collector.add(feed)
+    return feed
+
+
+def _listeners(
+    args: argparse.Namespace,
+    verifier: Verifier,
+    metrics: Metrics,
+    sink: JsonlSink | None,
+) -> list[Listener]:
+    listeners: list[Listener] = []
+    if args.sip:
+        limits = ServerLimits(workers=args.workers, queue_limit=args.queue)
+        listeners.append(
+            SipListener(
+                list(args.sip),
+                verifier,
+                reject=args.reject,
+                metrics=metrics,
+                limits=limits,
+                sink=sink,
+            )
+        )
+    if not (args.hep or args.iface):
+        return listeners
+    collector = LiveCollector(metrics.registry)
+    if args.hep:
+        feed = _live_feed("hep", verifier, args, sink, collector)
+        listeners.append(HepCollector(list(args.hep), feed))
+    if args.iface:
+        feed = _live_feed("iface", verifier, args, sink, collector)
+        capture = InterfaceCapture(args.iface, feed, bpf=args.bpf, write_pcap=args.write_pcap)
+        collector.watch_kernel_drops(args.iface, lambda: capture.kernel_drops)
+        listeners.append(capture)
+    return listeners
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -207,20 +381,16 @@ async def _serve(args: argparse.Namespace) -> int:
         verifier = stack.enter_context(build_verifier(config))
         metrics = Metrics()
         metrics.watch_cache(verifier.source)
-        sink = JsonlSink(args.output) if args.output else None
-        if sink is not None:
-            stack.callback(sink.close)
-        limits = ServerLimits(workers=args.workers, queue_limit=args.queue)
-        listeners: list[Listener] = [
-            SipListener(
-                list(args.sip),
-                verifier,
-                reject=args.reject,
-                metrics=metrics,
-                limits=limits,
-                sink=sink,
+        sink = None
+        if args.output:
+            sink = JsonlSink(
+                args.output,
+                max_bytes=args.rotate_size,
+                interval_s=args.rotate_interval,
+                keep=args.rotate_keep,
             )
-        ]
+            stack.callback(sink.close)
+        listeners = _listeners(args, verifier, metrics, sink)
         started: list[Listener] = []
         try:
             for listener in listeners:
@@ -235,9 +405,11 @@ async def _serve(args: argparse.Namespace) -> int:
                     file=err,
                     flush=True,
                 )
-        except OSError as exc:
+        except (OSError, CaptureError) as exc:
             for listener in started:
                 await listener.stop()
+            if isinstance(exc, CaptureError):
+                raise UsageError(str(exc)) from exc
             raise UsageError(f"cannot listen: {exc.strerror or exc}") from exc
         tty = err.isatty()
         while not stop.is_set():
@@ -249,12 +421,13 @@ async def _serve(args: argparse.Namespace) -> int:
                 line = "  |  ".join(listener.summary() for listener in listeners)
                 err.write(f"\r\x1b[K{line}")
                 err.flush()
-        for listener in listeners:
-            await listener.stop()
+        if tty:
+            err.write("\r\x1b[Kstirscope listen: stopping, writing every call...\n")
+            err.flush()
+        # Each listener stops receiving, then drains: every call is verified and written.
+        await asyncio.gather(*(listener.stop() for listener in listeners))
         if sink is not None:
             sink.flush()
-        if tty:
-            err.write("\n")
         for listener in listeners:
             print(f"stirscope listen: stopped; {listener.summary()}", file=err, flush=True)
     return 0
