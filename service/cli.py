@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "service.cmd_cert",
     "service.cmd_sign",
     "service.cmd_analyze",
+    "service.cmd_traceback",
     "service.cmd_listen",
     "service.cmd_serve",
 )

@@ -1,10 +1,14 @@
 """``stirscope serve``: the HTTP verification (STI-VS) and signing (STI-AS) service.
 
 ``stirscope serve [--host H] [--port P] [--workers N] [--config FILE] [--api-keys FILE]
-[--signing-key PEM --signing-x5u URL] [--open-verification]`` plus the trust, certificate and
-policy options of ``stirscope verify``. Settings come from flags > ``STIRSCOPE_*`` environment
-> TOML file > defaults (``service.config``). SIGTERM or Ctrl-C stops it gracefully: in-flight
-requests finish, then the verifier is closed; exit 0. Exit 2 on configuration errors.
+[--signing-key PEM --signing-x5u URL] [--open-verification] [--db URL] [--upload-dir DIR]
+[--max-upload-bytes N] [--job-workers N]`` plus the trust, certificate and policy options of
+``stirscope verify``. Analysis jobs (``/v1/jobs``) and the investigator web UI (``/ui/``) keep
+their results in ``--db`` (an SQLite file under the data directory by default; PostgreSQL for
+several instances) and the uploaded captures in ``--upload-dir``. Settings come from flags >
+``STIRSCOPE_*`` environment > TOML file > defaults (``service.config``). SIGTERM or Ctrl-C
+stops it gracefully: in-flight requests finish, running analysis jobs go back to the queue,
+then the verifier is closed; exit 0. Exit 2 on configuration errors.
 """
 
 from __future__ import annotations
@@ -81,12 +85,49 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="log every request (default on)",
     )
+    jobs = parser.add_argument_group("analysis jobs and web UI")
+    jobs.add_argument(
+        "--db",
+        metavar="URL",
+        help="results store: sqlite:///PATH, a file path, or postgresql://USER@HOST/DB "
+        "(default: stirscope.db under the data directory)",
+    )
+    jobs.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the default store and uploads live (default $XDG_DATA_HOME/stirscope)",
+    )
+    jobs.add_argument(
+        "--upload-dir",
+        type=Path,
+        metavar="DIR",
+        help="uploaded captures (default DATA_DIR/uploads)",
+    )
+    jobs.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        metavar="N",
+        help="largest upload request, all captures together (default 1 GiB)",
+    )
+    jobs.add_argument(
+        "--job-workers",
+        type=int,
+        metavar="N",
+        help="analysis jobs run at once by each process (default 1; 0 = none here)",
+    )
+    jobs.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="this instance's name among those sharing the store (default host:port)",
+    )
     access = parser.add_argument_group("access and signing")
     access.add_argument(
         "--api-keys",
         type=Path,
         metavar="FILE",
-        help="API key hashes, one NAME:SHA256HEX[:verify|sign|verify+sign] a line",
+        help="API key hashes, one NAME:SHA256HEX[:SCOPES] a line (scopes verify, sign, "
+        "jobs joined by +; default verify+sign)",
     )
     access.add_argument(
         "--open-verification",
@@ -124,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if args.new_api_key is not None:
         key = generate_api_key()
         print(f"key:  {key}")
-        print(f"line: {args.new_api_key}:{hash_api_key(key)}:verify+sign")
+        print(f"line: {args.new_api_key}:{hash_api_key(key)}:verify+sign+jobs")
         return EXIT_OK
     try:
         config = _checked_config(args)

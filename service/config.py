@@ -53,6 +53,16 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 MAX_KEY_FILE_BYTES = 64 * 1024
 # Permission bits that must be clear on a signing key file: no access for group or others.
 KEY_FILE_FORBIDDEN_MODE = 0o077
+# Analysis uploads (POST /v1/jobs): a whole request body. 1 GiB holds a busy SBC's hour of SIP
+# with RTP; larger captures are better analysed with `stirscope analyze --db` on the host.
+DEFAULT_MAX_UPLOAD_BYTES = 1024**3
+# Upper bound a deployment may configure (a request body larger than this is a mistake).
+MAX_UPLOAD_BYTES_LIMIT = 64 * 1024**3
+# Analysis jobs run at once per service process (each is one CPU-bound thread).
+DEFAULT_JOB_WORKERS = 1
+# The SQLite file under the data directory when no --db URL is given (embedded, zero set-up).
+DEFAULT_DB_FILE = "stirscope.db"
+UPLOADS_SUBDIR = "uploads"
 
 
 class ConfigError(Exception):
@@ -114,6 +124,14 @@ SETTINGS: dict[str, Setting] = {
     "log_level": Setting(Kind.STR, "info", LOG_LEVELS),
     "log_format": Setting(Kind.STR, LogFormat.JSON.value, tuple(f.value for f in LogFormat)),
     "access_log": Setting(Kind.BOOL, True),
+    # Analysis jobs: the results store, where uploads go, their size limit, worker threads,
+    # and the lease owner name of this instance (several instances may share one PostgreSQL).
+    "data_dir": Setting(Kind.PATH, None),
+    "db": Setting(Kind.STR, None),
+    "upload_dir": Setting(Kind.PATH, None),
+    "max_upload_bytes": Setting(Kind.INT, DEFAULT_MAX_UPLOAD_BYTES),
+    "job_workers": Setting(Kind.INT, DEFAULT_JOB_WORKERS),
+    "instance": Setting(Kind.STR, None),
 }
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -140,12 +158,23 @@ class ServeConfig:
     log_level: str = "info"
     log_format: LogFormat = LogFormat.JSON
     access_log: bool = True
+    # Analysis jobs: enabled when ``db`` is set (``config_from_settings`` always sets it; a
+    # configuration built in code may leave it out to serve verification and signing only).
+    db: str | None = None
+    upload_dir: Path | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    job_workers: int = DEFAULT_JOB_WORKERS
+    instance: str | None = None
     clock: Callable[[], float] = field(default=time.time, compare=False)
     settings: Mapping[str, object] = field(default_factory=dict, compare=False)
 
     @property
     def signing_enabled(self) -> bool:
         return self.signing_key is not None
+
+    @property
+    def jobs_enabled(self) -> bool:
+        return self.db is not None
 
 
 def _coerce(
@@ -278,6 +307,13 @@ def _int(settings: Mapping[str, object], name: str, low: int, high: int) -> int:
     return value
 
 
+def default_data_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_DATA_HOME/stirscope`` (XDG Base Directory Specification: default
+    ``~/.local/share``): where the default SQLite store and uploads live."""
+    base = environ.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(base) / "stirscope"
+
+
 def config_from_settings(
     settings: Mapping[str, object], *, clock: Callable[[], float] = time.time
 ) -> ServeConfig:
@@ -330,6 +366,12 @@ def config_from_settings(
                 "no API keys: give --api-keys FILE, or --open-verification to serve "
                 "verification without keys"
             )
+    data_dir = _opt_path(values["data_dir"]) or default_data_dir()
+    db = values["db"]
+    if db is not None and (not isinstance(db, str) or not db.strip()):
+        raise ConfigError("db must be a database URL or a file path")
+    upload_dir = _opt_path(values["upload_dir"]) or data_dir / UPLOADS_SUBDIR
+    instance = values["instance"]
     return ServeConfig(
         verifier=verifier,
         host=str(values["host"]),
@@ -344,6 +386,11 @@ def config_from_settings(
         log_level=str(values["log_level"]),
         log_format=LogFormat(str(values["log_format"])),
         access_log=bool(values["access_log"]),
+        db=db if isinstance(db, str) else str(data_dir / DEFAULT_DB_FILE),
+        upload_dir=upload_dir,
+        max_upload_bytes=_int(values, "max_upload_bytes", 1024, MAX_UPLOAD_BYTES_LIMIT),
+        job_workers=_int(values, "job_workers", 0, 64),
+        instance=str(instance) if instance else None,
         clock=clock,
         settings=dict(values),
     )

@@ -4,7 +4,9 @@ The lifespan builds, once per process, the trust store, certificate source and v
 same ``build_verifier`` as the CLI, so policy and cache behave alike), the API key ring and the
 signer, and closes the verifier on shutdown (after in-flight requests finished: uvicorn waits
 for them before running the lifespan's exit). One router per resource: add new ones (jobs,
-calls, web UI) with ``app.include_router`` in ``create_app``.
+calls, web UI) with ``app.include_router`` in ``create_app``. With a results store configured
+(``config.db``) it also opens the store and starts the analysis job workers (``service.worker``),
+and stops them on shutdown, before the store is closed.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
 
 from analyzer.verifying import build_verifier
 from analyzer.version import __version__
-from service.api import ops, stir
+from service.api import jobs, jobs_data, ops, stir
 from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.metrics import ApiMetrics, ObservabilityMiddleware
@@ -33,6 +36,7 @@ from service.config import (
     config_from_settings,
     load_signing_key,
 )
+from service.web import routes as web
 
 log = logging.getLogger("stirscope.api")
 
@@ -69,6 +73,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(config)
         metrics.watch(state.verifier)
+        try:
+            # Store migrations and the job workers' recovery sweep are blocking I/O.
+            jobs_context = await run_in_threadpool(jobs_data.open_jobs, config)
+        except BaseException:
+            state.executor.shutdown(wait=True)
+            state.verifier.close()
+            raise
+        if jobs_context is not None:
+            setattr(app.state, jobs_data.JOBS_ATTRIBUTE, jobs_context)
         setattr(app.state, STATE_ATTRIBUTE, state)
         log.info(
             "service ready",
@@ -84,6 +97,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         finally:
             state.ready = False
             metrics.watch(None)
+            if jobs_context is not None:
+                # Running jobs go back to the queue; then the store is closed.
+                await run_in_threadpool(jobs_data.close_jobs, jobs_context)
+                delattr(app.state, jobs_data.JOBS_ATTRIBUTE)
             state.executor.shutdown(wait=True)
             state.verifier.close()
             log.info("service stopped")
@@ -103,6 +120,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(stir.router)
+    app.include_router(jobs.router)
+    app.include_router(web.router)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, access=config.access_log)
 
     def openapi() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Keys are high-entropy random strings (``secrets.token_urlsafe(32)``: 256 bits), so a plain
 SHA-256 digest suffices (no password-stretching KDF is needed for keys nobody chose). Entries
-are ``NAME:SHA256HEX[:SCOPES]`` (scopes ``verify``, ``sign`` or ``verify+sign``, default both),
+are ``NAME:SHA256HEX[:SCOPES]`` (scopes ``verify``, ``sign`` and ``jobs`` joined by ``+``, such
+as ``verify+sign+jobs``; default ``verify+sign``: access to analysis jobs and their results is
+never granted by omission, so key files written before it existed keep their meaning),
 one per line in the keys file (``#`` comments) or comma-separated in ``api_key_hashes``.
 A presented token is hashed and compared with every entry in constant time.
 RFC 6750 section 2.1 (Authorization: Bearer), section 3 (WWW-Authenticate).
@@ -39,6 +41,12 @@ class Scope(StrEnum):
 
     VERIFY = "verify"
     SIGN = "sign"
+    # Analysis jobs and their results: upload captures, read calls, traceback, exports, web UI.
+    JOBS = "jobs"
+
+
+# Scopes of an entry that names none (the two that existed before ``jobs``).
+DEFAULT_SCOPES = frozenset({Scope.VERIFY, Scope.SIGN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +78,13 @@ def parse_entry(entry: str, where: str) -> ApiKey:
         raise KeyFileError(f"{where}: bad key name {name!r}")
     if _DIGEST_RE.fullmatch(digest) is None:
         raise KeyFileError(f"{where}: {name}: not a SHA-256 hex digest (64 hex digits)")
-    scopes = frozenset(Scope)
+    scopes = DEFAULT_SCOPES
     if len(parts) == 3:
         try:
             scopes = frozenset(Scope(s) for s in parts[2].split("+"))
         except ValueError:
-            raise KeyFileError(f"{where}: {name}: scopes are verify, sign or verify+sign") from None
+            known = ", ".join(s.value for s in Scope)
+            raise KeyFileError(f"{where}: {name}: scopes are {known}, joined by +") from None
     return ApiKey(name, bytes.fromhex(digest), scopes)
 
 

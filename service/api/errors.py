@@ -41,6 +41,9 @@ class ErrorCode(StrEnum):
     SIGNING_UNAVAILABLE = "signing_unavailable"
     NOT_READY = "not_ready"
     INTERNAL_ERROR = "internal_error"
+    NOT_A_CAPTURE = "not_a_capture"
+    JOB_NOT_DONE = "job_not_done"
+    JOBS_UNAVAILABLE = "jobs_unavailable"
 
 
 class ExceptionKind(StrEnum):
@@ -95,6 +98,16 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.NOT_READY: ErrorSpec(503, "SVC0001", ExceptionKind.SERVICE, "Service not ready"),
     ErrorCode.INTERNAL_ERROR: ErrorSpec(
         500, "SVC0001", ExceptionKind.SERVICE, "Internal error (reference %1)"
+    ),
+    # Analysis jobs (not ATIS: OMA generic service error ids).
+    ErrorCode.NOT_A_CAPTURE: ErrorSpec(
+        415, "SVC0001", ExceptionKind.SERVICE, "%1 is not a pcap or pcapng capture (%2)"
+    ),
+    ErrorCode.JOB_NOT_DONE: ErrorSpec(
+        409, "SVC0001", ExceptionKind.SERVICE, "Job %1 is %2, not done"
+    ),
+    ErrorCode.JOBS_UNAVAILABLE: ErrorSpec(
+        503, "SVC0001", ExceptionKind.SERVICE, "Analysis jobs are not enabled on this server"
     ),
 }
 
