@@ -14,17 +14,19 @@ from typing import Protocol
 
 from analyzer.version import __version__
 
-# Each module registers its own subcommand(s) through ``register(subparsers)``.
-COMMAND_MODULES = (
-    "service.cmd_sip",
-    "service.cmd_verify",
-    "service.cmd_cert",
-    "service.cmd_sign",
-    "service.cmd_analyze",
-    "service.cmd_traceback",
-    "service.cmd_listen",
-    "service.cmd_serve",
-)
+# Each module registers its own subcommand(s) through ``register(subparsers)``. Command modules
+# import heavy dependencies (FastAPI, SQLAlchemy...), so only the one being run is imported;
+# ``stirscope --help`` imports them all to list them.
+COMMANDS: dict[str, str] = {
+    "sip": "service.cmd_sip",
+    "verify": "service.cmd_verify",
+    "cert": "service.cmd_cert",
+    "sign": "service.cmd_sign",
+    "analyze": "service.cmd_analyze",
+    "traceback": "service.cmd_traceback",
+    "listen": "service.cmd_listen",
+    "serve": "service.cmd_serve",
+}
 
 
 class CommandModule(Protocol):
@@ -34,24 +36,27 @@ class CommandModule(Protocol):
 Runner = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (exposed for tests and documentation)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that command's module is imported."""
     parser = argparse.ArgumentParser(
         prog="stirscope",
         description="STIR/SHAKEN analyzer: parse, verify and trace signed SIP calls.",
     )
     parser.add_argument("--version", action="version", version=f"stirscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module: CommandModule = import_module(name)
+    names = [only] if only in COMMANDS else list(COMMANDS)
+    for name in names:
+        module: CommandModule = import_module(COMMANDS[name])
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(first)
+    args = parser.parse_args(words)
     run: Runner | None = getattr(args, "run", None)
     if run is None:
         parser.print_help(sys.stderr)

@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from analyzer.capture import anomaly_to_json
 from analyzer.manifest import build_manifest
@@ -51,19 +51,11 @@ from analyzer.records import (
 )
 from analyzer.report_html import render_html
 from analyzer.run import AnalyzeJob, AnalyzeOptions, RunStats
-from analyzer.storage import (
-    DatabaseError,
-    Heartbeat,
-    InputSpec,
-    JobState,
-    Lease,
-    LeaseLost,
-    RunWriter,
-    Store,
-    StoreError,
-)
 from analyzer.trustload import TrustLoadError
 from service.cmd_verify import UsageError, add_verifier_options, config_from_args, parse_at
+
+if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported only when --db is used
+    from analyzer.storage import Heartbeat, Lease, RunWriter, Store
 
 FORMATS = ("table", "jsonl", "csv", "html")
 # Calls listed in the HTML report (all are counted in its summary and charts): a case-file
@@ -119,9 +111,14 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, TrustLoadError) as exc:
         print(f"stirscope analyze: {exc}", file=sys.stderr)
         return 2
-    except (DatabaseError, StoreError) as exc:
-        print(f"stirscope analyze: results store: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        if getattr(args, "db", None):
+            from analyzer.storage import DatabaseError, StoreError
+
+            if isinstance(exc, DatabaseError | StoreError):
+                print(f"stirscope analyze: results store: {exc}", file=sys.stderr)
+                return 1
+        raise
 
 
 def _open_job(args: argparse.Namespace) -> AnalyzeJob:
@@ -403,6 +400,8 @@ class _Recorder:
     def start(
         cls, args: argparse.Namespace, job: AnalyzeJob, stack: contextlib.ExitStack
     ) -> _Recorder:
+        from analyzer.storage import DatabaseError, InputSpec, Store, StoreError
+
         try:
             store = Store.open(args.db)
         except StoreError as exc:
@@ -441,6 +440,8 @@ class _Recorder:
     def finish(
         self, job: AnalyzeJob, manifest: dict[str, object], anomalies: list[dict[str, object]]
     ) -> None:
+        from analyzer.storage import InputSpec
+
         self.writer.close()
         self.writer.add_anomalies(anomalies)
         self.beat.stop()
@@ -459,6 +460,8 @@ class _Recorder:
         exc: BaseException | None,
         _tb: object,
     ) -> bool:
+        from analyzer.storage import DatabaseError, JobState, LeaseLost, StoreError
+
         self.beat.stop()
         self.writer.abort()
         if self.finished:

@@ -14,12 +14,6 @@ from service import cli
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sip"
 
 
-@pytest.fixture(autouse=True)
-def only_sip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Test this command alone: the other command modules are not needed to parse SIP.
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("service.cmd_sip",))
-
-
 def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["sip", "parse", str(FIXTURES / "invite_identity.sip")]) == 0
     out = capsys.readouterr().out
@@ -62,3 +56,22 @@ def test_strict_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unreadable_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["sip", "parse", str(tmp_path / "missing.sip")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_running_one_command_imports_only_its_module() -> None:
+    """CLI start-up stays cheap: `stirscope sip ...` does not import FastAPI or SQLAlchemy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from service.cli import main; main(['sip', 'parse', sys.argv[1]]); "
+        "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'service.cmd_serve') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(FIXTURES / "invite_identity.sip")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip().endswith("[]")
