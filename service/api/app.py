@@ -82,6 +82,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise
         if jobs_context is not None:
             setattr(app.state, jobs_data.JOBS_ATTRIBUTE, jobs_context)
+            pool, store = jobs_context.pool, jobs_context.store
+            metrics.watch_jobs(
+                (lambda: {str(k): v for k, v in pool.outcomes.items()}) if pool else None,
+                lambda: {str(k): v for k, v in store.count_jobs().items()},
+            )
         setattr(app.state, STATE_ATTRIBUTE, state)
         log.info(
             "service ready",
@@ -97,6 +102,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         finally:
             state.ready = False
             metrics.watch(None)
+            metrics.watch_jobs(None, None)
             if jobs_context is not None:
                 # Running jobs go back to the queue; then the store is closed.
                 await run_in_threadpool(jobs_data.close_jobs, jobs_context)

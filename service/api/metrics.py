@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -87,10 +87,54 @@ class ApiMetrics:
         )
         self._cache = _CacheCollector()
         self.registry.register(self._cache)
+        self._jobs = _JobsCollector()
+        self.registry.register(self._jobs)
 
     def watch(self, verifier: Verifier | None) -> None:
         """Report this verifier's certificate caches (None: stop reporting)."""
         self._cache.verifier = verifier
+
+    def watch_jobs(
+        self,
+        outcomes: Callable[[], Mapping[str, int]] | None,
+        states: Callable[[], Mapping[str, int]] | None,
+    ) -> None:
+        """Report analysis jobs: this process's worker outcomes and the store's jobs by state."""
+        self._jobs.outcomes = outcomes
+        self._jobs.states = states
+
+
+class _JobsCollector(Collector):
+    """Analysis jobs, read at scrape time: worker outcomes (counter) and jobs by state (gauge)."""
+
+    def __init__(self) -> None:
+        self.outcomes: Callable[[], Mapping[str, int]] | None = None
+        self.states: Callable[[], Mapping[str, int]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.outcomes is not None:
+            done = CounterMetricFamily(
+                "stirscope_jobs_processed",
+                "Analysis jobs run by this process's workers, by outcome",
+                labels=["outcome"],
+            )
+            for outcome, count in sorted(self.outcomes().items()):
+                done.add_metric([outcome], float(count))
+            yield done
+        if self.states is not None:
+            try:
+                counts = self.states()
+            except Exception:  # a store outage must not break the scrape of everything else
+                return
+            gauge = GaugeMetricFamily(
+                "stirscope_jobs", "Analysis jobs in the results store by state", labels=["state"]
+            )
+            for state, count in sorted(counts.items()):
+                gauge.add_metric([state], float(count))
+            yield gauge
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _CacheCollector(Collector):

@@ -199,6 +199,14 @@ def test_exports(api: ApiClient, job_id: str) -> None:
     assert "<!DOCTYPE html>" in html.text
 
 
+def test_metrics_count_jobs(api: ApiClient, job_id: str) -> None:
+    text = api.get("/metrics").text
+    assert 'stirscope_jobs_processed_total{outcome="done"}' in text
+    done = [line for line in text.splitlines() if line.startswith('stirscope_jobs{state="done"}')]
+    assert done
+    assert float(done[0].split()[-1]) >= 1
+
+
 def test_gzip_capture_and_several_files_make_one_job(api: ApiClient, tmp_path: Path) -> None:
     packed = tmp_path / "demo.pcap.gz"
     packed.write_bytes(gzip.compress(DEMO.read_bytes()))
