@@ -306,6 +306,19 @@ class CallTracker:
         self._touch(call, obs)
         return out
 
+    def advance(self, now_ns: int) -> list[Call]:
+        """Move capture time on to ``now_ns`` with no message (a live source gone quiet) and
+        return the calls whose linger or idle timeout passed; time never goes back (an earlier
+        ``now_ns`` does nothing). RFC 3261 section 17.1.1.2 (timer B, see the module docstring).
+        """
+        out: list[Call] = []
+        if now_ns <= self._now:
+            return out
+        self._now = now_ns
+        self._expire(out)
+        self._next_expiry = now_ns + EXPIRY_STEP_NS
+        return out
+
     def flush(self) -> list[Call]:
         """End of input: every open call, closing ones first by deadline, then by activity."""
         out: list[Call] = []

@@ -374,6 +374,11 @@ class HepStreamFramer:
         """Forget partial data (after a TCP gap the next bytes start anywhere)."""
         self._buf = b""
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a packet not yet complete (at most one maximum packet plus a feed)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[HepPacket | HepError]:
         """Add stream bytes; return every complete packet (or its error) in order."""
         buf = self._buf + data if self._buf else bytes(data)

@@ -31,7 +31,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from analyzer.anomaly import Anomaly, AnomalyKind
-from analyzer.calls import EXPIRY_STEP_NS, Call, CallTracker
+from analyzer.calls import Call, CallTracker
 from analyzer.capture import MessageReader, ObservedMessage
 from analyzer.defrag import Defragmenter
 from analyzer.frames import Fragment, Segment
@@ -125,19 +125,9 @@ def is_heartbeat(pkt: HepPacket) -> bool:
 
 
 def advance_tracker(tracker: CallTracker, now_ns: int) -> list[Call]:
-    """Move the tracker's capture time to ``now_ns`` with no message, emitting the calls whose
-    linger or idle timeout has passed (RFC 3261 section 17.1.1.2 timer B, see calls.py).
-
-    ``CallTracker`` only expires calls from ``feed``; this reaches into it until it offers a
-    public ``advance(now_ns)`` (requested), keeping its own invariants: time never goes back.
-    """
-    if now_ns <= tracker._now:
-        return []
-    tracker._now = now_ns
-    out: list[Call] = []
-    tracker._expire(out)
-    tracker._next_expiry = now_ns + EXPIRY_STEP_NS
-    return out
+    """``tracker.advance(now_ns)``: kept for callers written before ``CallTracker.advance``
+    existed (RFC 3261 section 17.1.1.2, see calls.py)."""
+    return tracker.advance(now_ns)
 
 
 class LivePipeline:
@@ -236,8 +226,7 @@ class LivePipeline:
         """The connection ``stream`` closed: a packet it left half sent is an anomaly."""
         framer = self._hep_streams.pop(stream, None)
         out: list[LiveItem] = []
-        # HepStreamFramer keeps at most one partial packet; it has no public "buffered" yet.
-        left = len(getattr(framer, "_buf", b"")) if framer is not None else 0
+        left = framer.buffered if framer is not None else 0
         if left:
             error = HepError(HepErrorReason.TOO_SHORT, f"connection closed inside a packet "
                              f"({left} bytes)")  # fmt: skip
@@ -254,7 +243,7 @@ class LivePipeline:
         self.defrag.expire(now)
         if self.defrag.anomalies:
             self._anomalies(self.defrag.take_anomalies(), out)
-        self._calls(advance_tracker(self.tracker, now), out)
+        self._calls(self.tracker.advance(now), out)
         return out
 
     def flush(self) -> list[LiveItem]:

@@ -14,11 +14,20 @@ object of ``stirscope analyze``) and one anomaly record per malformed packet (ra
 
 ``-o PATH.jsonl`` appends every record (``"record"``: verification, call or anomaly;
 ``"source"``: sip, hep or iface), rotated with ``--rotate-size``/``--rotate-interval``
-(``--rotate-keep`` old files). ``--metrics HOST:PORT`` serves Prometheus metrics. Trust and
-certificate options are those of ``stirscope verify``; all listeners run in one process.
+(``--rotate-keep`` old files). ``--db URL`` (``sqlite:///PATH`` or a file path,
+``postgresql://USER@HOST/DB``) records the session as one job of the results store that
+`stirscope serve` reads: ``running`` while listening (its inputs are the listeners), the HEP
+and capture call records and their anomalies written about every second, ``done`` after a
+clean stop; SIP server answers go to ``-o`` only (they are not calls: no dialog). Call
+records carry ``replay`` (the same PASSporT on an earlier call of the session, RFC 8224
+section 12.1) as in ``stirscope analyze``. ``--metrics HOST:PORT`` serves Prometheus
+metrics. Trust and certificate options are those of ``stirscope verify``; all listeners run
+in one process.
 SIGINT/SIGTERM stop gracefully: queued verifications are answered, every call finished or
 still open is verified and written before exit. Exit 0 after a clean stop, 2 on usage errors
-(including an address that cannot be bound or an interface that cannot be captured).
+(including an address that cannot be bound, an interface that cannot be captured or a
+results store that cannot be opened), 1 when the results store fails during the session
+(listening stops; the job is marked failed).
 
 Every listener is an object with ``start``/``stop``/``summary``.
 """
@@ -34,7 +43,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from analyzer.assess import assess_call
 from analyzer.calls import Call
@@ -43,7 +52,7 @@ from analyzer.records import CallRecord
 from analyzer.sipanswer import VerificationRecord
 from analyzer.sipserver import SipServerCore
 from analyzer.trustload import TrustLoadError
-from analyzer.verifying import build_verifier
+from analyzer.verifying import VerifierConfig, build_verifier
 from service.cmd_verify import UsageError, add_verifier_options, config_from_args
 from service.listen_hep import HepCollector
 from service.listen_iface import CaptureError, InterfaceCapture
@@ -63,6 +72,7 @@ from service.live_feed import (
     FeedLimits,
     LiveCollector,
     LiveFeed,
+    ReplayWatch,
     encode_line,
 )
 from service.live_feed import DEFAULT_WORKERS as DEFAULT_LIVE_WORKERS
@@ -70,6 +80,9 @@ from service.metrics import Metrics
 from service.rotate import RotatingWriter, parse_duration, parse_size
 from shaken.result import VerificationResult
 from shaken.verifier import VerificationRequest, Verifier
+
+if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported only when --db is used
+    from service.listen_store import LiveStore
 
 # How often the TTY summary line is redrawn and the JSONL output flushed (seconds).
 TICK_S = 1.0
@@ -257,6 +270,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     output.add_argument(
         "--rotate-keep", type=int, metavar="N", help="keep only the N newest rotated files"
     )
+    output.add_argument(
+        "--db",
+        metavar="URL",
+        help="record the session (HEP/capture calls) in this results store "
+        "(sqlite:///PATH or postgresql://...)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -315,11 +334,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+class Outputs:
+    """Where ``listen`` writes: the JSONL sink, the results store, the session's replay
+    detector, and the live feeds made (for the store's manifest)."""
+
+    def __init__(
+        self, sink: JsonlSink | None, store: LiveStore | None, replay: ReplayWatch
+    ) -> None:
+        self.sink = sink
+        self.store = store
+        self.replay = replay
+        self.feeds: list[LiveFeed] = []
+
+
 def _live_feed(
     source: str,
     verifier: Verifier,
     args: argparse.Namespace,
-    sink: JsonlSink | None,
+    outputs: Outputs,
     collector: LiveCollector,
 ) -> LiveFeed:
     """A pipeline + queue + verification pool for one HEP or capture listener."""
@@ -331,8 +363,12 @@ def _live_feed(
     limits = FeedLimits(
         queue_items=args.live_queue, workers=workers, inflight=workers * INFLIGHT_PER_WORKER
     )
-    feed = LiveFeed(source, LivePipeline(), assess, sink=sink, limits=limits)
+    feed = LiveFeed(
+        source, LivePipeline(), assess, sink=outputs.sink, store=outputs.store,
+        replay=outputs.replay, limits=limits,
+    )  # fmt: skip
     collector.add(feed)
+    outputs.feeds.append(feed)
     return feed
 
 
@@ -340,7 +376,7 @@ def _listeners(
     args: argparse.Namespace,
     verifier: Verifier,
     metrics: Metrics,
-    sink: JsonlSink | None,
+    outputs: Outputs,
 ) -> list[Listener]:
     listeners: list[Listener] = []
     if args.sip:
@@ -352,17 +388,17 @@ def _listeners(
                 reject=args.reject,
                 metrics=metrics,
                 limits=limits,
-                sink=sink,
+                sink=outputs.sink,
             )
         )
     if not (args.hep or args.iface):
         return listeners
     collector = LiveCollector(metrics.registry)
     if args.hep:
-        feed = _live_feed("hep", verifier, args, sink, collector)
+        feed = _live_feed("hep", verifier, args, outputs, collector)
         listeners.append(HepCollector(list(args.hep), feed))
     if args.iface:
-        feed = _live_feed("iface", verifier, args, sink, collector)
+        feed = _live_feed("iface", verifier, args, outputs, collector)
         capture = InterfaceCapture(args.iface, feed, bpf=args.bpf, write_pcap=args.write_pcap)
         collector.watch_kernel_drops(args.iface, lambda: capture.kernel_drops)
         listeners.append(capture)
@@ -377,6 +413,7 @@ async def _serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
     err = sys.stderr
+    status = 0
     with contextlib.ExitStack() as stack:
         verifier = stack.enter_context(build_verifier(config))
         metrics = Metrics()
@@ -390,12 +427,16 @@ async def _serve(args: argparse.Namespace) -> int:
                 keep=args.rotate_keep,
             )
             stack.callback(sink.close)
-        listeners = _listeners(args, verifier, metrics, sink)
+        store = _open_store(args, stack)
+        outputs = Outputs(sink, store, ReplayWatch(verifier.policy.freshness_s))
+        listeners = _listeners(args, verifier, metrics, outputs)
         started: list[Listener] = []
+        bound: list[str] = []
         try:
             for listener in listeners:
                 for line in await listener.start():
                     print(f"stirscope listen: {line}", file=err, flush=True)
+                    bound.append(line.replace(" ", ":", 1))
                 started.append(listener)
             if args.metrics:
                 served = metrics.serve(*args.metrics)
@@ -411,12 +452,22 @@ async def _serve(args: argparse.Namespace) -> int:
             if isinstance(exc, CaptureError):
                 raise UsageError(str(exc)) from exc
             raise UsageError(f"cannot listen: {exc.strerror or exc}") from exc
+        if store is not None:
+            from service.listen_store import session_options
+
+            options = session_options(args, config.to_json(), bound)
+            job = await asyncio.to_thread(store.begin, bound, options)
+            print(f"stirscope listen: db job {job} in {store.store.url}", file=err, flush=True)
         tty = err.isatty()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
             if sink is not None:
                 sink.flush()
+            if store is not None and store.error is not None:
+                print(f"\nstirscope listen: results store: {store.error}", file=err, flush=True)
+                status = 1
+                break
             if tty:
                 line = "  |  ".join(listener.summary() for listener in listeners)
                 err.write(f"\r\x1b[K{line}")
@@ -428,6 +479,57 @@ async def _serve(args: argparse.Namespace) -> int:
         await asyncio.gather(*(listener.stop() for listener in listeners))
         if sink is not None:
             sink.flush()
+        if store is not None and status == 0:
+            status = await asyncio.to_thread(
+                _complete, store, outputs, listeners, verifier, config, bound
+            )
         for listener in listeners:
             print(f"stirscope listen: stopped; {listener.summary()}", file=err, flush=True)
+    return status
+
+
+def _open_store(args: argparse.Namespace, stack: contextlib.ExitStack) -> LiveStore | None:
+    """``--db``: the results store, opened and migrated before anything is bound; on the way
+    out an unfinished job is marked failed (an error) or interrupted (Ctrl-C, exit)."""
+    if not args.db:
+        return None
+    from service.listen_store import LiveStore  # SQLAlchemy only when --db is given
+
+    store = LiveStore.open(args.db)
+    stack.callback(store.close)
+
+    def on_exit(
+        exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> bool:
+        if not store.finished:
+            interrupted = exc is not None and not isinstance(exc, Exception)
+            error = f"{type(exc).__name__}: {exc}" if exc is not None else store.error
+            store.fail(error or "ended before completion", interrupted=interrupted)
+        return False
+
+    stack.push(on_exit)
+    return store
+
+
+def _complete(
+    store: LiveStore,
+    outputs: Outputs,
+    listeners: list[Listener],
+    verifier: Verifier,
+    config: VerifierConfig,
+    bound: list[str],
+) -> int:
+    """Mark the session's job done with its manifest (1 if the store fails, job failed)."""
+    from analyzer.storage import DatabaseError, StoreError
+    from service.listen_store import live_manifest
+
+    manifest = live_manifest(
+        listeners=bound, trust=verifier.trust, config=config, feeds=outputs.feeds,
+        statuses=[listener.summary() for listener in listeners], store=store,
+    )  # fmt: skip
+    try:
+        store.complete(manifest)
+    except (StoreError, DatabaseError) as exc:
+        print(f"stirscope listen: results store: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0

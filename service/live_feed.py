@@ -13,9 +13,16 @@ One pipeline thread runs the work in order (the pipeline is a single-threaded st
 ticks it every ``tick_s`` so idle calls complete, writes anomalies (at most
 ``anomaly_lines_per_s`` per second; the rest counted as suppressed) and submits finished calls
 to a thread pool that verifies them (``assess``: each INVITE as of its packet or HEP
-timestamp) and writes the records. Calls verifying or waiting are bounded by ``inflight``:
-when the pool is behind, the pipeline thread waits, the queue fills and inputs are shed or
-paused: backpressure runs from the verifier to the socket.
+timestamp) and writes the records (to the JSONL ``sink`` and the results ``store``). Calls
+verifying or waiting are bounded by ``inflight``: when the pool is behind, the pipeline
+thread waits, the queue fills and inputs are shed or paused: backpressure runs from the
+verifier (and the store) to the socket.
+
+Replay. Before a call goes to the pool, the pipeline thread shows its Identity values to the
+session's ``ReplayWatch`` (one ``ReplayDetector`` shared by every feed of the process), in
+emission order, as ``stirscope analyze`` does; the flag is merged into the record exactly as
+``assess_call(..., replay=flag)`` merges it (``merge_flags(flag, own stale flag)``), so live
+call records carry ``replay`` like ``analyze`` records (RFC 8224 section 12.1).
 
 ``stop()`` is graceful: new inputs are shed, the queue is drained, the pipeline flushed
 (every call still open is emitted, ``end_of_input``), every verification finished and written.
@@ -29,7 +36,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -40,6 +47,7 @@ from analyzer.calls import Call
 from analyzer.capture import anomaly_to_json
 from analyzer.live import LiveItem, LivePipeline
 from analyzer.records import CallRecord, iso_ns
+from analyzer.traceback_replay import ReplayDetector, ReplayFlag, merge_flags
 
 # Inputs queued for the pipeline thread. A HEP datagram or captured SIP frame is ~1-2 kB and
 # the pipeline handles ~20k of them per second, so 10,000 items is about half a second of work
@@ -73,6 +81,44 @@ class JsonSink(Protocol):
     """Where the lines go (``cmd_listen.JsonlSink``); must be thread-safe."""
 
     def write_json(self, obj: dict[str, object]) -> None: ...
+
+
+class RecordStore(Protocol):
+    """Where call records and anomalies are stored (``listen_store.LiveStore``, ``--db``);
+    must be thread-safe and may block (backpressure) while the database catches up."""
+
+    def add_call(self, record: CallRecord, source: str) -> None: ...
+
+    def add_anomaly(self, item: Anomaly, source: str) -> None: ...
+
+
+class ReplayWatch:
+    """One ``ReplayDetector`` shared by the feeds of a process (thread-safe): a PASSporT
+    captured on the interface and replayed through a HEP agent is still one PASSporT.
+
+    RFC 8224 section 12.1.
+    """
+
+    def __init__(self, freshness_s: int) -> None:
+        self._detector = ReplayDetector(freshness_s)
+        self._lock = threading.Lock()
+
+    def observe(self, call: Call) -> ReplayFlag | None:
+        """The call's cross-call replay flag; call it in emission order."""
+        invite = call.primary.invite
+        values = invite.keys.identity_values  # no full parse here (sip/keys.py)
+        if not values:
+            return None
+        with self._lock:
+            return self._detector.observe(call.call_id, invite.ts_ns, values)
+
+
+def flag_record(record: CallRecord, flag: ReplayFlag | None) -> CallRecord:
+    """``record`` (assessed without a cross-call flag) with ``flag`` merged in: the record
+    ``assess_call(call, verifier, replay=flag)`` builds. RFC 8224 section 12.1."""
+    if flag is None:
+        return record
+    return replace(record, replay=merge_flags(flag, record.replay))
 
 
 def call_line(record: CallRecord, source: str) -> dict[str, object]:
@@ -136,6 +182,8 @@ class LiveFeed:
         assess: Assess,
         *,
         sink: JsonSink | None = None,
+        store: RecordStore | None = None,
+        replay: ReplayWatch | None = None,
         limits: FeedLimits | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -146,6 +194,8 @@ class LiveFeed:
         self.on_room: Callable[[], None] | None = None
         self._assess = assess
         self._sink = sink
+        self._store = store
+        self._replay = replay
         self._wall_ns = wall_ns
         self._queue: deque[tuple[Work, int]] = deque()
         self._queued_bytes = 0
@@ -295,17 +345,25 @@ class LiveFeed:
             self.stats.anomalies_suppressed += 1
             return
         self._window_lines += 1
-        sink = self._sink
+        sink, store = self._sink, self._store
         if sink is not None:
             self._guard(lambda: sink.write_json(anomaly_line(item, self.source)))
+        if store is not None:
+            self._guard(lambda: store.add_anomaly(item, self.source))
         self.stats.anomalies_written += 1
 
     def _submit(self, call: Call) -> None:
+        flag = None
+        if self._replay is not None:
+            try:
+                flag = self._replay.observe(call)
+            except Exception:  # a bug must not lose the call: counted, visible in metrics
+                self.stats.internal_errors += 1
         self._slots.acquire()  # the pool is behind: wait here, the queue fills, inputs shed
         with self._lock:
             self._inflight += 1
         try:
-            self._pool.submit(self._verify, call)
+            self._pool.submit(self._verify, call, flag)
         except RuntimeError:  # pool shut down by a stop that timed out
             self._release()
             with self._lock:
@@ -316,11 +374,13 @@ class LiveFeed:
             self._inflight -= 1
         self._slots.release()
 
-    def _verify(self, call: Call) -> None:
+    def _verify(self, call: Call, flag: ReplayFlag | None = None) -> None:
         try:
-            record = self._assess(call)
+            record = flag_record(self._assess(call), flag)
             if self._sink is not None:
                 self._sink.write_json(call_line(record, self.source))
+            if self._store is not None:
+                self._store.add_call(record, self.source)
             with self._lock:
                 self.stats.calls_written += 1
                 self.stats.verstat[record.verstat or "none"] += 1
