@@ -9,9 +9,7 @@ reachable (the Makefile starts one when it can).
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,37 +24,14 @@ from tests.analyzer.test_storage import (
     analyze_into,
     check_stored_run,
 )
+from tests.conftest import libpq_url
 
-POSTGRES_URL = os.environ.get(
-    "STIRSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
-# Seconds to wait for the server before skipping (it is local or absent).
-CONNECT_TIMEOUT_S = 3
 MIGRATING_INSTANCES = 4
 
 
-def _libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    """The server URL; skips the module when it is not reachable."""
-    try:
-        with psycopg.connect(_libpq_url(POSTGRES_URL), connect_timeout=CONNECT_TIMEOUT_S):
-            pass
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
-    return POSTGRES_URL
-
-
 @pytest.fixture
-def schema(postgres: str) -> Iterator[str]:
-    """A fresh schema name, dropped with everything in it after the test."""
-    name = f"stirscope_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(_libpq_url(postgres), autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+def schema(postgres_schema: str) -> str:
+    return postgres_schema
 
 
 @pytest.fixture
@@ -75,7 +50,7 @@ def test_migrations_run_from_an_empty_schema(postgres: str, schema: str) -> None
         assert store.revision() is None
         store.migrate()
         assert store.is_current()
-    with psycopg.connect(_libpq_url(postgres)) as conn:
+    with psycopg.connect(libpq_url(postgres)) as conn:
         rows = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
         ).fetchall()

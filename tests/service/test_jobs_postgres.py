@@ -8,49 +8,23 @@ every test gets a schema of its own, dropped afterwards. Skipped when unreachabl
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from analyzer.storage import InputSpec, JobOrigin, JobState, Store
 from tests.service.api_client import serve_in_process
 from tests.service.jobs_support import DEMO, DEMO_CALLS, auth, jobs_config, upload, wait_job
 
-POSTGRES_URL = os.environ.get(
-    "STIRSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
-CONNECT_TIMEOUT_S = 3
 # A lease short enough to expire during the test.
 SHORT_LEASE_S = 0.05
 
 
-def _libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    try:
-        with psycopg.connect(_libpq_url(POSTGRES_URL), connect_timeout=CONNECT_TIMEOUT_S):
-            pass
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
-    return POSTGRES_URL
-
-
 @pytest.fixture
-def db(postgres: str) -> Iterator[str]:
+def db(postgres_store_url: str) -> str:
     """A store URL with a fresh schema, dropped afterwards."""
-    name = f"stirscope_test_{uuid.uuid4().hex[:12]}"
-    separator = "&" if "?" in postgres else "?"
-    yield f"{postgres}{separator}schema={name}"
-    with psycopg.connect(_libpq_url(postgres), autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    return postgres_store_url
 
 
 def test_jobs_and_results_survive_a_restart(db: str, tmp_path: Path) -> None:

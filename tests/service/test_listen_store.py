@@ -12,18 +12,15 @@ RFC 8224 section 12.1; issue 7.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from analyzer.assess import assess_call
@@ -44,10 +41,6 @@ from tests.service.jobs_support import auth, jobs_config
 
 TIMEOUT_S = 20.0
 AT_NS = ts_ns(FIXTURE_AT)
-POSTGRES_URL = os.environ.get(
-    "STIRSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
-CONNECT_TIMEOUT_S = 3
 FIXTURE_CALL_ID = "a1b2c3d4-alpha-a"
 
 
@@ -69,26 +62,10 @@ def verifier() -> Iterator[Verifier]:
         yield built
 
 
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    try:
-        libpq = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://", 1)
-        with psycopg.connect(libpq, connect_timeout=CONNECT_TIMEOUT_S):
-            pass
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
-    return POSTGRES_URL
-
-
 @pytest.fixture
-def pg_url(postgres: str) -> Iterator[str]:
+def pg_url(postgres_store_url: str) -> str:
     """The server with a fresh schema of its own, dropped after the test."""
-    name = f"stirscope_test_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in postgres else "?"
-    yield f"{postgres}{sep}schema={name}"
-    libpq = postgres.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    return postgres_store_url
 
 
 # -- the command ----------------------------------------------------------------------------
