@@ -10,10 +10,12 @@ worker.
 
 Parallelism: the scan (records -> SIP -> calls) is one sequential stream; verification of
 finished calls is independent per call. The first ``INLINE_CALLS`` calls are verified in this
-process (small captures never pay for a pool); after that, with ``workers > 1``, chunks go to a
-process pool whose workers each build their own verifier once (like ``analyzer.batch``), and
-results come back in submission order, so the output order (and bytes) never depend on the
-number of workers. Calls travel to workers as raw SIP bytes (``ObservedMessage.__reduce__``).
+process (small captures never pay for a pool); after that, chunks go to a ``ChunkPool``: with
+``workers > 1`` a local process pool whose workers each build their own verifier once (like
+``analyzer.batch``), or any pool given to ``AnalyzeJob`` (``analyzer.cluster``: a Dask
+cluster). Results come back in submission order, so the output order (and bytes) never depend
+on the pool nor the number of workers. Calls travel to workers as raw SIP bytes
+(``ObservedMessage.__reduce__``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 from analyzer.assess import assess_call
 from analyzer.calls import Call, CallTracker, TrackerStats
@@ -166,22 +168,82 @@ def _assess_chunk(
     calls: list[Flagged], at_override: datetime | None, render: Render | None
 ) -> list[Result]:
     assert _WORKER is not None
-    return [_result(assess_call(c, _WORKER, at_override, flag), render) for c, flag in calls]
+    return assess_chunk(_WORKER, calls, at_override, render)
 
 
 def _result(record: CallRecord, render: Render | None) -> Result:
     return record.digest(), (render(record) if render is not None else record)
 
 
+def assess_chunk(
+    verifier: Verifier, calls: list[Flagged], at_override: datetime | None, render: Render | None
+) -> list[Result]:
+    """Verify and render one chunk of calls with ``verifier`` (what every pool runs)."""
+    return [_result(assess_call(c, verifier, at_override, flag), render) for c, flag in calls]
+
+
+# -- pools: where chunks are verified -------------------------------------------------------
+
+
+class PendingChunk(Protocol):
+    """A submitted chunk (a ``concurrent.futures.Future`` or a Dask future)."""
+
+    def result(self) -> list[Result]: ...
+
+
+class ChunkPool(Protocol):
+    """Verifies chunks of calls somewhere else (processes, a cluster); ``slots`` is how many
+    chunks it runs at once (``WINDOW_PER_WORKER`` times that are kept in flight)."""
+
+    @property
+    def slots(self) -> int: ...
+
+    def submit(
+        self, chunk: list[Flagged], at_override: datetime | None, render: Render | None
+    ) -> PendingChunk: ...
+
+    def close(self) -> None: ...
+
+
+PoolFactory = Callable[[VerifierConfig], ChunkPool]
+"""Starts a pool for a run (called once, when the inline calls are done)."""
+
+
+class ProcessChunkPool:
+    """``workers`` local processes, each building its verifier once (the default pool)."""
+
+    def __init__(self, config: VerifierConfig, workers: int) -> None:
+        self.slots = workers
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers, initializer=_init_worker, initargs=(config,)
+        )
+
+    def submit(
+        self, chunk: list[Flagged], at_override: datetime | None, render: Render | None
+    ) -> Future[list[Result]]:
+        return self._pool.submit(_assess_chunk, chunk, at_override, render)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
 class AnalyzeJob:
     """One `stirscope analyze` run over ``inputs``; iterate ``records()`` once.
 
     Opening raises ``OSError`` (unreadable path) or ``NotACaptureError`` (not a capture):
-    usage errors, before any record. ARCHITECTURE.md section 2 (analyzer pipeline).
+    usage errors, before any record. ``pool`` starts where chunks are verified after the
+    first ``INLINE_CALLS`` calls (default: ``options.workers`` local processes when more than
+    one, else everything in this process). ARCHITECTURE.md section 2 (analyzer pipeline).
     """
 
-    def __init__(self, inputs: Sequence[str], options: AnalyzeOptions) -> None:
+    def __init__(
+        self, inputs: Sequence[str], options: AnalyzeOptions, *, pool: PoolFactory | None = None
+    ) -> None:
         self.options = options
+        if pool is None and options.workers > 1:
+            workers = options.workers
+            pool = lambda config: ProcessChunkPool(config, workers)  # noqa: E731
+        self._pool_factory = pool
         self.verifier = build_verifier(options.config)
         self.readers = open_inputs(inputs)
         try:
@@ -273,7 +335,7 @@ class AnalyzeJob:
             done += 1
             if progress is not None and done % CHUNK_CALLS == 0:
                 progress(done)
-            if self.options.workers > 1 and done >= INLINE_CALLS:
+            if self._pool_factory is not None and done >= INLINE_CALLS:
                 break
         else:
             return
@@ -295,15 +357,15 @@ class AnalyzeJob:
         render: Render | None,
         progress: Callable[[int], None] | None,
     ) -> Iterator[Result]:
-        workers = self.options.workers
+        assert self._pool_factory is not None
         at = self.options.at_override
-        with ProcessPoolExecutor(
-            max_workers=workers, initializer=_init_worker, initargs=(self.options.config,)
-        ) as pool:
-            pending: deque[Future[list[Result]]] = deque()
+        pool = self._pool_factory(self.options.config)
+        try:
+            window = max(1, pool.slots) * WINDOW_PER_WORKER
+            pending: deque[PendingChunk] = deque()
             for chunk in _chunks(calls):
-                pending.append(pool.submit(_assess_chunk, chunk, at, render))
-                while len(pending) >= workers * WINDOW_PER_WORKER:
+                pending.append(pool.submit(chunk, at, render))
+                while len(pending) >= window:
                     results = pending.popleft().result()
                     yield from results
                     done += len(results)
@@ -315,6 +377,8 @@ class AnalyzeJob:
                 done += len(results)
                 if progress is not None:
                     progress(done)
+        finally:
+            pool.close()
 
 
 def _chunks(calls: Iterator[Flagged]) -> Iterator[list[Flagged]]:

@@ -50,6 +50,7 @@ _LAYERED_VERIFIER_OPTIONS = (
     "fetch",
     "ca_bundle",
     "unsafe_allow_private",
+    "cache",
     "freshness",
     "clock_skew",
     "no_date_check",

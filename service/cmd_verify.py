@@ -19,6 +19,7 @@ from typing import TextIO
 
 from analyzer.batch import run_batch
 from analyzer.extract import ExtractError, request_from_headers, request_from_sip_bytes
+from analyzer.sharedcache import check_cache_url
 from analyzer.trustload import TrustLoadError
 from analyzer.verifying import VerifierConfig, build_verifier
 from shaken.policy import (
@@ -63,6 +64,12 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
         "--unsafe-allow-private",
         action="store_true",
         help="allow fetching from loopback/private addresses (labs and tests only: SSRF risk)",
+    )
+    group.add_argument(
+        "--cache",
+        metavar="redis://HOST:PORT/DB",
+        help="share fetched certificates and CRLs with other instances through Redis "
+        "(optional: each instance keeps working alone when Redis is down)",
     )
     pol = parser.add_argument_group("policy")
     pol.add_argument(
@@ -120,6 +127,11 @@ def config_from_args(args: argparse.Namespace) -> VerifierConfig:
         raise UsageError(
             "no trust anchors: give --trust PEM|DIR (an empty trust store is an error)"
         )
+    cache = getattr(args, "cache", None)
+    if cache is not None:
+        problem = check_cache_url(cache)
+        if problem is not None:
+            raise UsageError(f"--cache: {problem}")
     return VerifierConfig(
         trust=tuple(args.trust),
         certs_dirs=tuple(args.certs),
@@ -127,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> VerifierConfig:
         ca_bundle=args.ca_bundle,
         unsafe_allow_private=args.unsafe_allow_private,
         policy=policy_from_args(args),
+        cache=cache,
     )
 
 

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from analyzer.sharedcache import check_cache_url
 from analyzer.verifying import VerifierConfig
 from shaken.policy import (
     DEFAULT_CLOCK_SKEW_S,
@@ -105,6 +106,8 @@ SETTINGS: dict[str, Setting] = {
     "fetch": Setting(Kind.BOOL, False),
     "ca_bundle": Setting(Kind.PATH, None),
     "unsafe_allow_private": Setting(Kind.BOOL, False),
+    # Shared certificate/CRL cache for several instances (redis://HOST:PORT/DB), optional.
+    "cache": Setting(Kind.STR, None),
     "freshness": Setting(Kind.INT, DEFAULT_FRESHNESS_S),
     "clock_skew": Setting(Kind.INT, DEFAULT_CLOCK_SKEW_S),
     "no_date_check": Setting(Kind.BOOL, False),
@@ -338,7 +341,13 @@ def config_from_settings(
         tn_match=TnMatch(str(values["tn_match"])),
         crl=CrlMode(str(values["crl"])),
     )
+    cache = values["cache"]
+    if cache is not None:
+        problem = check_cache_url(str(cache))
+        if problem is not None:
+            raise ConfigError(f"--cache: {problem}")
     verifier = VerifierConfig(
+        cache=str(cache) if cache is not None else None,
         trust=tuple(Path(str(p)) for p in trust),
         certs_dirs=tuple(Path(str(p)) for p in certs),
         fetch=bool(values["fetch"]),

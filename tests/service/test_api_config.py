@@ -215,3 +215,22 @@ def test_new_api_key(capsys: pytest.CaptureFixture[str]) -> None:
     found = ring.authenticate(key)
     assert found is not None
     assert found.name == "ops"
+
+
+def test_shared_cache_from_flag_and_environment() -> None:
+    flag = _resolve(
+        ["--trust", str(TRUST), "--open-verification", "--cache", "redis://r:6379/1"], {}
+    )
+    assert config_from_settings(flag).verifier.cache == "redis://r:6379/1"
+    env = _resolve(
+        ["--trust", str(TRUST), "--open-verification"], {"STIRSCOPE_CACHE": "redis://e/0"}
+    )
+    assert config_from_settings(env).verifier.cache == "redis://e/0"
+    off = _resolve(["--trust", str(TRUST), "--open-verification"], {})
+    assert config_from_settings(off).verifier.cache is None
+
+
+def test_bad_shared_cache_url_is_a_config_error() -> None:
+    settings = _resolve(["--trust", str(TRUST), "--open-verification", "--cache", "http://x/"], {})
+    with pytest.raises(ConfigError, match="--cache"):
+        config_from_settings(settings)
