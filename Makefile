@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: system-deps postgres demo test check lint typecheck importlint unit fixtures fixtures-check bench install clean
+.PHONY: system-deps postgres redis demo test check lint typecheck importlint unit fixtures fixtures-check bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@$(BIN)/python fixtures/demo.py
 
 ## make test: install with dev extras, run format check, lint, types, layer contracts, tests
-test: $(STAMP) system-deps postgres lint typecheck importlint fixtures-check unit
+test: $(STAMP) system-deps postgres redis lint typecheck importlint fixtures-check unit
 
 ## Real peers the tests drive: sipp (Debian's sip-tester) and a headless browser (Debian's
 ## chromium, driven by Playwright). Installed when we can (root with apt-get, as in CI); the
@@ -47,6 +47,13 @@ postgres:
 	  else echo "PostgreSQL not running: its tests will be skipped"; fi; \
 	fi
 	@if command -v createdb >/dev/null 2>&1; then createdb -h 127.0.0.1 -U postgres test 2>/dev/null || true; fi
+
+## Redis for the shared-cache tests: started when installed but not running; tests skip otherwise
+redis:
+	@if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+	    >/dev/null 2>&1 || echo "Redis could not be started: its tests will be skipped"; \
+	fi
 
 ## make check: the before-commit habit (format, lint, types, layer contracts), no tests
 check: lint typecheck importlint
