@@ -213,8 +213,18 @@ def main() -> int:
             ]))  # fmt: skip
         else:
             print("tshark not installed: skipped")
-        if shutil.which("sip-doctor"):
-            others.append(("sip-doctor read", ["sip-doctor", "read", "--json", str(path)]))
+        doctor = shutil.which("sip-doctor") or _venv_tool("sip-doctor")
+        if doctor:
+            # With the same certificates and trust anchor, so it verifies every PASSporT too:
+            # its --stir-certs wants the chains in one folder, named like the x5u's last part.
+            flat = Path(tmp) / "stir-certs"
+            flat.mkdir(exist_ok=True)
+            for pem in (fixtures / "certs").rglob("*.pem"):
+                shutil.copy(pem, flat / pem.name)
+            others.append(("sip-doctor read", [
+                doctor, "read", "--json", "--no-rtp", "--stir-certs", str(flat), "--stir-ca",
+                str(fixtures / "pki" / "trust" / "root.pem"), str(path),
+            ]))  # fmt: skip
         else:
             print("sip-doctor not installed (pip install sip-doctor): skipped")
         print(f"{'':22} {'seconds':>8} {'cpu s':>7} {'calls/s':>9} {'MB/s':>7} {'peak MB':>8}"
@@ -235,6 +245,12 @@ def main() -> int:
                 more = "more than " if run.timed_out else ""
                 print(f"{mine[0]} is {more}{ratio:.1f}x faster than {name}")
     return 0
+
+
+def _venv_tool(name: str) -> str | None:
+    """A console script installed beside this interpreter (the project's venv)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else None
 
 
 def _row(name: str, run: Run, invites: int, size: int) -> None:
