@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import warnings
 from collections import Counter
@@ -33,6 +34,7 @@ from shaken.asn1 import (
     iter_children,
     read_single,
 )
+from shaken.certfix import normalize_ecdsa_null_params
 from shaken.constraints import (
     OID_ENHANCED_JWT_CLAIM_CONSTRAINTS,
     OID_JWT_CLAIM_CONSTRAINTS,
@@ -119,6 +121,9 @@ class StirCertificate:
     basic_constraints_critical: bool | None
     extensions: tuple[ExtensionInfo, ...]
     profile_findings: tuple[ProfileFinding, ...] = field(default=())
+    # The TBSCertificate as issued, when ``x509`` is a re-encoding (shaken.certfix): the
+    # issuer's signature covers these bytes, not the re-encoded ones.
+    issued_tbs: bytes | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StirCertificate):
@@ -381,7 +386,11 @@ def _decode_extensions(cert: x509.Certificate, draft: _Draft) -> None:
             draft.malformed(f"extension {oid}", exc)
 
 
-def _build(cert: x509.Certificate) -> StirCertificate:
+def _build(
+    cert: x509.Certificate, *, received: bytes | None = None, issued_tbs: bytes | None = None
+) -> StirCertificate:
+    """The view of ``cert``; ``received``/``issued_tbs`` when ``cert`` is a re-encoding of the
+    certificate as received (shaken.certfix): evidence (der, fingerprint) stays the original."""
     draft = _Draft()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -407,6 +416,16 @@ def _build(cert: x509.Certificate) -> StirCertificate:
             )
         )
     digest = cert.fingerprint(hashes.SHA256()).hex()
+    if received is not None:
+        der = received
+        digest = hashlib.sha256(received).hexdigest()
+        draft.findings.append(
+            ProfileFinding(
+                ProfileIssue.SIGNATURE_ALGORITHM,
+                Severity.WARNING,
+                "ECDSA AlgorithmIdentifier with NULL parameters (RFC 5758 section 3.2: absent)",
+            )
+        )
     view = StirCertificate(
         x509=cert,
         der=der,
@@ -439,7 +458,8 @@ def _build(cert: x509.Certificate) -> StirCertificate:
         basic_constraints_critical=draft.bc_critical,
         extensions=tuple(draft.extensions),
     )
-    return replace(view, profile_findings=tuple(draft.findings + lint_certificate(view)))
+    findings = tuple(draft.findings + lint_certificate(view))
+    return replace(view, profile_findings=findings, issued_tbs=issued_tbs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +490,17 @@ def _load_der(der: bytes, index: int) -> BundleEntry:
             warnings.simplefilter("ignore")  # recorded again by _build
             cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
-        return BundleEntry(index, None, f"certificate {index}: cannot load: {exc}")
+        fixed = normalize_ecdsa_null_params(der)
+        if fixed is None:
+            return BundleEntry(index, None, f"certificate {index}: cannot load: {exc}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cert = x509.load_der_x509_certificate(fixed.der)
+        except ValueError:
+            return BundleEntry(index, None, f"certificate {index}: cannot load: {exc}")
+        view = _build(cert, received=der, issued_tbs=fixed.issued_tbs)
+        return BundleEntry(index, view, None)
     return BundleEntry(index, StirCertificate.from_x509(cert), None)
 
 

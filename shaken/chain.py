@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from shaken.certs import StirCertificate
 from shaken.errors import Finding, Reason, error
@@ -83,7 +84,10 @@ def _link_problem(child: StirCertificate, issuer: StirCertificate) -> Finding | 
             f"{child.subject}: signature algorithm {child.signature_algorithm}",
         )
     try:
-        child.x509.verify_directly_issued_by(issuer.x509)
+        if child.issued_tbs is not None:
+            _verify_issued_tbs(child, issuer)
+        else:
+            child.x509.verify_directly_issued_by(issuer.x509)
     except InvalidSignature:
         return error(Reason.CHAIN_UNTRUSTED, f"{child.subject}: bad signature by {issuer.subject}")
     except (ValueError, TypeError) as exc:
@@ -91,6 +95,24 @@ def _link_problem(child: StirCertificate, issuer: StirCertificate) -> Finding | 
             Reason.CHAIN_UNTRUSTED, f"{child.subject}: not issued by {issuer.subject}: {exc}"
         )
     return None
+
+
+def _verify_issued_tbs(child: StirCertificate, issuer: StirCertificate) -> None:
+    """The issuer's signature over the TBSCertificate as issued (a re-encoded child,
+    shaken.certfix): what ``verify_directly_issued_by`` checks, over the original bytes."""
+    if child.x509.issuer != issuer.x509.subject:
+        raise ValueError("issuer name does not match")
+    algorithm = child.x509.signature_hash_algorithm
+    if algorithm is None:
+        raise ValueError("no signature hash algorithm")
+    assert child.issued_tbs is not None
+    key = issuer.x509.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(child.x509.signature, child.issued_tbs, ec.ECDSA(algorithm))
+    elif isinstance(key, rsa.RSAPublicKey):
+        key.verify(child.x509.signature, child.issued_tbs, padding.PKCS1v15(), algorithm)
+    else:
+        raise TypeError(f"unsupported issuer key {type(key).__name__}")
 
 
 def _may_issue(child: StirCertificate, candidate: StirCertificate) -> bool:
