@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import cast
 
-from service.listen_sip import Endpoint, Transport
+from service.listen_sip import Endpoint, bind_endpoint
 from service.live_feed import LiveFeed
 
 # HEP-over-TCP connections at once: agents keep one connection each, so 256 is far beyond a
@@ -92,23 +91,18 @@ class HepCollector:
         return [f"hep {endpoint}" for endpoint in self.endpoints]
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> Endpoint:
-        if endpoint.transport is Transport.UDP:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _HepDatagram(self), local_addr=(endpoint.host, endpoint.port)
-            )
-            self._udp.append(transport)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-            sockname = transport.get_extra_info("sockname")
+        bound, handle = await bind_endpoint(
+            loop,
+            endpoint,
+            datagram=lambda: _HepDatagram(self),
+            stream=lambda: _HepStream(self),
+            receive_buffer=UDP_RECEIVE_BUFFER,
+        )
+        if isinstance(handle, asyncio.Server):
+            self._servers.append(handle)
         else:
-            server = await loop.create_server(
-                lambda: _HepStream(self), endpoint.host, endpoint.port, reuse_address=True
-            )
-            self._servers.append(server)
-            sockname = server.sockets[0].getsockname()
-        return Endpoint(endpoint.transport, endpoint.host, int(sockname[1]))
+            self._udp.append(handle)
+        return bound
 
     def _close_sockets(self) -> None:
         for udp in self._udp:

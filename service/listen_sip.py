@@ -116,6 +116,32 @@ class Endpoint:
         return f"{self.transport.value}:{host}:{self.port}"
 
 
+async def bind_endpoint(
+    loop: asyncio.AbstractEventLoop,
+    endpoint: Endpoint,
+    *,
+    datagram: Callable[[], asyncio.DatagramProtocol],
+    stream: Callable[[], asyncio.Protocol],
+    receive_buffer: int,
+) -> tuple[Endpoint, asyncio.DatagramTransport | asyncio.Server]:
+    """Bind one listener endpoint (UDP with a larger kernel receive buffer, or TCP) and return
+    it with the port actually bound (0 asks for a free one) and its transport or server."""
+    handle: asyncio.DatagramTransport | asyncio.Server
+    if endpoint.transport is Transport.UDP:
+        handle, _ = await loop.create_datagram_endpoint(
+            datagram, local_addr=(endpoint.host, endpoint.port)
+        )
+        sock = handle.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sockname = handle.get_extra_info("sockname")
+    else:
+        handle = await loop.create_server(stream, endpoint.host, endpoint.port, reuse_address=True)
+        sockname = handle.sockets[0].getsockname()
+    return Endpoint(endpoint.transport, endpoint.host, int(sockname[1])), handle
+
+
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     """The bounds of one SIP verification server (each default's source is at its constant)."""
@@ -211,23 +237,18 @@ class SipVerificationServer:
         return bound
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> Endpoint:
-        if endpoint.transport is Transport.UDP:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _SipDatagram(self), local_addr=(endpoint.host, endpoint.port)
-            )
-            self._udp.append(transport)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-            sockname = transport.get_extra_info("sockname")
+        bound, handle = await bind_endpoint(
+            loop,
+            endpoint,
+            datagram=lambda: _SipDatagram(self),
+            stream=lambda: _SipStream(self),
+            receive_buffer=UDP_RECEIVE_BUFFER,
+        )
+        if isinstance(handle, asyncio.Server):
+            self._tcp_servers.append(handle)
         else:
-            server = await loop.create_server(
-                lambda: _SipStream(self), endpoint.host, endpoint.port, reuse_address=True
-            )
-            self._tcp_servers.append(server)
-            sockname = server.sockets[0].getsockname()
-        return Endpoint(endpoint.transport, endpoint.host, int(sockname[1]))
+            self._udp.append(handle)
+        return bound
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, answer what is queued, close sockets."""
