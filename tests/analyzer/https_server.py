@@ -49,7 +49,8 @@ class LocalPki:
     server_key_pem: bytes
 
     @classmethod
-    def generate(cls) -> LocalPki:
+    def generate(cls, extra_hosts: tuple[str, ...] = ()) -> LocalPki:
+        """A fresh CA and server certificate; ``extra_hosts`` adds DNS names to its SAN."""
         now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = (
@@ -94,6 +95,7 @@ class LocalPki:
                     [
                         x509.DNSName("localhost"),
                         x509.DNSName(TEST_HOST),
+                        *(x509.DNSName(host) for host in extra_hosts),
                         x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
                     ]
                 ),

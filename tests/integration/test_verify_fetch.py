@@ -12,8 +12,6 @@ STANDARDS.md section 6.2 (fetch rules, SSRF refusal).
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import socket
 from collections.abc import Iterator
@@ -24,10 +22,6 @@ from typing import Any
 
 import httpcore
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from analyzer.certsource import HttpSource, build_source
 from analyzer.extract import request_from_headers, request_from_sip_bytes
@@ -85,55 +79,9 @@ ROUTES = {
 }
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def tls_pki(hosts: tuple[str, ...] = HOSTS) -> LocalPki:
     """A throw-away TLS CA and a server certificate for ``hosts`` and 127.0.0.1."""
-    now = datetime.now(UTC) - dt.timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("stirscope fetch test CA"))
-        .issuer_name(_name("stirscope fetch test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
-    names.append(x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return LocalPki(
-        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
-        server_cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        server_key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    return LocalPki.generate(extra_hosts=hosts)
 
 
 @pytest.fixture(scope="module")
