@@ -446,7 +446,7 @@ class ChainSource:
                 closer()
 
 
-def build_source(
+def origin_source(
     *,
     certs_dirs: Sequence[Path] = (),
     fetch: bool = False,
@@ -455,11 +455,9 @@ def build_source(
     clock: Callable[[], float] = time.time,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
     strict_content_type: bool = False,
-) -> CachingSource:
-    """The one factory for the CLI and the service: mirrors in order, then HTTPS (when
-    ``fetch``) or ``offline``, behind a ``CachingSource`` (24 h floor, notAfter cap, 30 s
-    negative caching). Close it when done. STANDARDS.md section 6.2.
-    """
+) -> CertificateSource:
+    """Where certificates come from, uncached: the mirrors in order, then HTTPS (when
+    ``fetch``) or ``offline``. STANDARDS.md section 6.2."""
     sources: list[CertificateSource] = [
         DirectorySource(path, strict_content_type=strict_content_type) for path in certs_dirs
     ]
@@ -475,5 +473,30 @@ def build_source(
         )
     else:
         sources.append(OfflineSource())
-    inner: CertificateSource = sources[0] if len(sources) == 1 else ChainSource(*sources)
+    return sources[0] if len(sources) == 1 else ChainSource(*sources)
+
+
+def build_source(
+    *,
+    certs_dirs: Sequence[Path] = (),
+    fetch: bool = False,
+    ca_bundle: Path | None = None,
+    allow_private: bool = False,
+    clock: Callable[[], float] = time.time,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    strict_content_type: bool = False,
+) -> CachingSource:
+    """The one factory for the CLI and the service: ``origin_source`` behind a
+    ``CachingSource`` (24 h floor, notAfter cap, 30 s negative caching). Close it when done.
+    STANDARDS.md section 6.2.
+    """
+    inner = origin_source(
+        certs_dirs=certs_dirs,
+        fetch=fetch,
+        ca_bundle=ca_bundle,
+        allow_private=allow_private,
+        clock=clock,
+        timeout=timeout,
+        strict_content_type=strict_content_type,
+    )
     return CachingSource(inner, clock=clock)

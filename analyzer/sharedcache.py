@@ -36,10 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from analyzer.certsource import (
     DEFAULT_TIMEOUT_SECONDS,
-    ChainSource,
-    DirectorySource,
-    HttpSource,
-    OfflineSource,
+    origin_source,
 )
 from shaken.source import (
     CachingSource,
@@ -314,11 +311,12 @@ def build_shared_source(
 
     STANDARDS.md section 6.2.
     """
-    sources: list[CertificateSource] = [DirectorySource(path) for path in certs_dirs]
-    if fetch:
-        sources.append(HttpSource(ca_bundle=ca_bundle, allow_private=allow_private, clock=clock))
-    else:
-        sources.append(OfflineSource())
-    inner: CertificateSource = sources[0] if len(sources) == 1 else ChainSource(*sources)
+    inner = origin_source(
+        certs_dirs=certs_dirs,
+        fetch=fetch,
+        ca_bundle=ca_bundle,
+        allow_private=allow_private,
+        clock=clock,
+    )
     shared = SharedCacheSource(inner, connect(cache_url), clock=clock)
     return CachingSource(shared, clock=clock, ttl_cap=shared.ttl_cap)
