@@ -18,7 +18,7 @@ from urllib.parse import quote
 from analyzer.version import __version__
 from shaken.errors import phrase_for
 from shaken.result import PassportResult, VerificationResult, Verstat
-from sip import Request, add_uri_param, derive_to_tag
+from sip import Request, add_uri_param, response_bytes
 
 SERVER_HEADER = f"stirscope/{__version__}"
 _TAG_PARAM = re.compile(r";\s*tag\s*=[^;]*", re.IGNORECASE)
@@ -68,37 +68,9 @@ class VerificationRecord:
 def encode_response(
     request: Request, status: int, phrase: str, extra: Sequence[tuple[str, str]]
 ) -> bytes:
-    """The bytes of a body-less response to ``request``: Via (every value, in order), From,
-    To (with a derived tag unless 100 or already tagged), Call-ID and CSeq copied, then
-    ``extra``. The same message as ``sip.response_to(...).to_bytes()``, serialised directly:
-    the server's hot path cannot afford parsing its own answer back.
-
-    RFC 3261 section 8.2.6.2.
-    """
-    headers = request.headers
-    lines = [f"SIP/2.0 {status} {phrase}"]
-    lines.extend(f"Via: {value}" for value in headers.get_all("via"))
-    from_value = headers.get("from")
-    if from_value is not None:
-        lines.append(f"From: {from_value}")
-    to_value = headers.get("to")
-    if to_value is not None:
-        to = request.to
-        if status != 100 and to is not None and to.tag is None:
-            to_value = f"{to_value};tag={derive_to_tag(request)}"
-        lines.append(f"To: {to_value}")
-    call_id = headers.get("call-id")
-    if call_id is not None:
-        lines.append(f"Call-ID: {call_id}")
-    cseq = headers.get("cseq")
-    if cseq is not None:
-        lines.append(f"CSeq: {cseq}")
-    for name, value in extra:
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"line break in header {name!r}")
-        lines.append(f"{name}: {value}")
-    lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    """The bytes of a body-less response to ``request`` (``sip.response_bytes``: the server's
+    hot path cannot afford parsing its own answer back). RFC 3261 section 8.2.6.2."""
+    return response_bytes(request, status, phrase, extra)
 
 
 def _reason_header(code: int, phrase: str, ppi: str | None = None) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sip.address import NameAddr, parse_name_addr
-from sip.build import derive_to_tag, response_to
+from sip.build import derive_to_tag, response_bytes, response_to
 from sip.defects import Defect, SipParseError, SipReason
 from sip.fields import CSeq, Diversion, HistoryInfoEntry, IdentityHeader, Via, parse_sip_date
 from sip.framer import FramingError, StreamFramer
@@ -54,6 +54,7 @@ __all__ = [
     "parse_name_addr",
     "parse_sip_date",
     "parse_uri",
+    "response_bytes",
     "response_to",
     "split_commas",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sip.message import Request, Response
+from sip.message import SIP_VERSION, Request, Response, serialise_message
 
 # Length of the deterministic To tag we add (RFC 3261 section 19.3 asks for at least 32 bits of
 # randomness; 16 hex digits of a SHA-256 digest give 64 bits, derived, not drawn, so the
@@ -25,21 +25,9 @@ def derive_to_tag(request: Request) -> str:
     return hashlib.sha256(seed).hexdigest()[:_TAG_HEX_DIGITS]
 
 
-def response_to(
-    request: Request,
-    status: int,
-    reason: str,
-    extra_headers: Sequence[tuple[str, str]] = (),
-    *,
-    to_tag: str | None = None,
-    body: bytes = b"",
-) -> Response:
-    """A response to ``request``: Via (every value, in order), From, To, Call-ID and CSeq are
-    copied; a To tag is added when the request had none and the status is not 100 (``to_tag``
-    or `derive_to_tag`). ``extra_headers`` follow; Content-Length is set from ``body``.
-
-    RFC 3261 section 8.2.6.2.
-    """
+def _response_headers(
+    request: Request, status: int, extra_headers: Sequence[tuple[str, str]], to_tag: str | None
+) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_all("via")]
     from_value = request.headers.get("from")
     to_value = request.headers.get("to")
@@ -56,4 +44,41 @@ def response_to(
     if cseq is not None:
         headers.append(("CSeq", cseq))
     headers.extend(extra_headers)
+    return headers
+
+
+def response_to(
+    request: Request,
+    status: int,
+    reason: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    *,
+    to_tag: str | None = None,
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request``: Via (every value, in order), From, To, Call-ID and CSeq are
+    copied; a To tag is added when the request had none and the status is not 100 (``to_tag``
+    or `derive_to_tag`). ``extra_headers`` follow; Content-Length is set from ``body``.
+
+    RFC 3261 section 8.2.6.2.
+    """
+    headers = _response_headers(request, status, extra_headers, to_tag)
     return Response.build(status, reason, headers, body)
+
+
+def response_bytes(
+    request: Request,
+    status: int,
+    reason: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    *,
+    to_tag: str | None = None,
+    body: bytes = b"",
+) -> bytes:
+    """The bytes of ``response_to(...)``, serialised without parsing them back (a server's hot
+    path answers many requests and needs only the bytes). RFC 3261 section 8.2.6.2.
+    """
+    if not 100 <= status <= 699:
+        raise ValueError(f"status code out of range: {status}")
+    headers = _response_headers(request, status, extra_headers, to_tag)
+    return serialise_message(f"{SIP_VERSION} {status} {reason}", headers, body)

@@ -363,7 +363,7 @@ class Request(_MessageView):
         """
         from sip.parser import parse_message
 
-        message = parse_message(_serialise(f"{method} {uri} {SIP_VERSION}", headers, body))
+        message = parse_message(serialise_message(f"{method} {uri} {SIP_VERSION}", headers, body))
         if not isinstance(message, Request):  # pragma: no cover - start line is ours
             raise SipParseError(SipReason.INVALID_START_LINE, "built message is not a request")
         return message
@@ -402,7 +402,9 @@ class Response(_MessageView):
             raise ValueError(f"status code out of range: {status}")
         from sip.parser import parse_message
 
-        message = parse_message(_serialise(f"{SIP_VERSION} {status} {reason}", headers, body))
+        message = parse_message(
+            serialise_message(f"{SIP_VERSION} {status} {reason}", headers, body)
+        )
         if not isinstance(message, Response):  # pragma: no cover - start line is ours
             raise SipParseError(SipReason.INVALID_STATUS_LINE, "built message is not a response")
         return message
@@ -411,7 +413,9 @@ class Response(_MessageView):
 Message = Request | Response
 
 
-def _serialise(start_line: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+def serialise_message(start_line: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+    """Start line, headers (Content-Length set from ``body``) and body as wire bytes; a line
+    break inside a header is a ``ValueError``. RFC 3261 section 7 and section 20.14."""
     lines = [start_line]
     for name, value in headers:
         if name.lower() in ("content-length", "l"):

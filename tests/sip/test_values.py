@@ -19,6 +19,7 @@ from sip import (
     parse_message,
     parse_name_addr,
     parse_uri,
+    response_bytes,
     response_to,
 )
 from tests.sip.conftest import crlf
@@ -335,3 +336,16 @@ def test_response_to_copies_dialog_headers() -> None:
     assert trying.to.tag is None
     assert response_to(req, 200, "OK", to_tag="abc").to.tag == "abc"  # type: ignore[union-attr]
     assert resp.defects == ()
+
+
+@pytest.mark.parametrize("status", [100, 302, 438])
+def test_response_bytes_are_response_to_without_the_parse(status: int) -> None:
+    req = parse_message(crlf(ACCESSOR_MSG))
+    assert isinstance(req, Request)
+    extra = [("Reason", 'STIR;cause=438;text="Invalid Identity Header"')]
+    built = response_to(req, status, "Phrase", extra).to_bytes()
+    assert response_bytes(req, status, "Phrase", extra) == built
+    with pytest.raises(ValueError, match="line break"):
+        response_bytes(req, status, "Phrase", [("Reason", "a\r\nVia: evil")])
+    with pytest.raises(ValueError, match="out of range"):
+        response_bytes(req, 99, "Phrase")
