@@ -8,6 +8,7 @@ the Request-URI, each canonicalised once by ``sip.originating_identity`` (RFC 82
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from shaken.errors import Finding, Reason, warning
@@ -86,7 +87,30 @@ def request_from_sip_bytes(data: bytes) -> VerificationRequest:
     return request_from_message(message)
 
 
+# The shape nearly every From/To/P-Asserted-Identity value takes in SHAKEN traffic: a
+# name-addr whose URI is ``sip:``/``sips:`` with a ``+``-prefixed all-digit user part, or
+# ``tel:`` with such a number (RFC 3261 section 20.10, RFC 3966 section 3). For it the general
+# path (``sip.originating_identity``, with or without ``user=phone``) can only give the TN
+# without its ``+`` (RFC 8224 section 8.3: nothing else to canonicalise), and header
+# parameters after ``>`` play no part; anything else takes the general path, which the
+# shortcut is tested against.
+_E164_NAME_ADDR_RE = re.compile(
+    r"\s*<(?:sips?:\+([0-9]+)@[A-Za-z0-9.\-]+(?::[0-9]+)?(?:;[A-Za-z0-9_=.\-~]*)*"
+    r"|tel:\+([0-9]+)(?:;[A-Za-z0-9_=.\-~]*)*)>.*",
+    re.DOTALL,
+)
+
+
 def _header_party(text: str, what: str) -> Party:
+    """The PASSporT identity of a From/To/P-Asserted-Identity value (RFC 8224 section 8)."""
+    common = _E164_NAME_ADDR_RE.fullmatch(text)
+    if common is not None:
+        return Party(PartyKind.TN, common.group(1) or common.group(2))
+    return _header_party_general(text, what)
+
+
+def _header_party_general(text: str, what: str) -> Party:
+    """The general path: parse the name-addr (or a bare URI), then ``party_from_uri``."""
     name_addr = parse_name_addr(text)
     if name_addr is None:
         try:
@@ -109,6 +133,9 @@ def request_from_headers(
     values: list[str] = []
     findings: list[Finding] = []
     for index, raw in enumerate(identities):
+        if "," not in raw:  # what split_identity_line gives a value with nothing to split
+            values.append(raw.strip())
+            continue
         split, _ = split_identity_line(raw, index, 0)
         if len(split) > 1:
             findings.append(

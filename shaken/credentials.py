@@ -25,6 +25,7 @@ from shaken.certs import StirCertificate, parse_certificates
 from shaken.chain import validate_chain, validity_window
 from shaken.crl import RevocationStatus, check_crl
 from shaken.errors import Finding, Reason, error, warning
+from shaken.party import Party, PartyKind
 from shaken.policy import CrlMode, Policy
 from shaken.profile import check_leaf_for_verification
 from shaken.result import Revocation, SignerInfo
@@ -57,6 +58,29 @@ class Credential:
     crls: tuple[tuple[str, bytes], ...] = ()
 
 
+def check_authority(
+    credential: Credential, orig: Party | None, div: Party | None, ppt: str | None
+) -> list[Finding]:
+    """Step 21: a TNAuthList with TNs or ranges must cover the identity signed for.
+
+    SHAKEN certificates carry an SPC only; nothing can be checked against an SPC without
+    external data (STANDARDS.md 7.3), so SPC-only lists pass. RFC 8226 section 9; RFC 8946
+    section 4.2 (the div signer must be authoritative for the div identity).
+    """
+    leaf = credential.leaf
+    if leaf is None or leaf.tn_auth_list is None:
+        return []
+    tnal = leaf.tn_auth_list
+    if tnal.spcs or not (tnal.ranges or tnal.tns):
+        return []
+    subject = div if ppt == "div" else orig
+    if subject is None or subject.kind is not PartyKind.TN:
+        return []
+    if tnal.covers(subject.value):
+        return []
+    return [error(Reason.SIGNER_NOT_AUTHORIZED, f"TNAuthList does not cover {subject.value}")]
+
+
 @dataclass(slots=True)
 class CredentialStats:
     """Counters for metrics and benchmarks."""
@@ -87,23 +111,31 @@ class CredentialResolver:
 
     def resolve(self, url: str, *, at: float) -> Credential:
         """Fetch (or reuse) and judge the credential at ``url`` as of ``at`` (epoch seconds)."""
-        fetched = self._source.fetch(url, kind=FetchKind.CERT)
-        if fetched.status is not FetchStatus.OK or fetched.body is None:
+        source = self._source
+        fetched = source.fetch(url, kind=FetchKind.CERT)
+        body = fetched.body
+        if fetched.status is not FetchStatus.OK or body is None:
             reason = fetched.reason or Reason.FETCH_FAILED
             return Credential(url, (error(reason, fetched.detail or str(fetched.status)),))
-        key = (url, fetched.body)
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and not cached.valid_from <= at <= cached.valid_until:
-                cached = None
-        if cached is not None and self._crls_unchanged(cached):
-            with self._lock:
-                self._cache.move_to_end(key)
-                self.stats.hits += 1
-            return cached
+        key = (url, body)
+        # One dictionary look-up is atomic; the lock guards the LRU order and the counters.
+        cached = self._cache.get(key)
+        if cached is not None and cached.valid_from <= at <= cached.valid_until:
+            # Reused only while the source still serves the CRLs the verdict used (a caching
+            # source answers from memory while they are fresh; a new CRL means new facts).
+            for crl_url, crl_body in cached.crls:
+                served = source.fetch(crl_url, kind=FetchKind.CRL).body
+                if served is not crl_body and served != crl_body:
+                    break
+            else:
+                with self._lock:
+                    if key in self._cache:
+                        self._cache.move_to_end(key)
+                    self.stats.hits += 1
+                return cached
         with self._lock:
             self.stats.misses += 1
-        credential = self._judge(url, fetched.body, at)
+        credential = self._judge(url, body, at)
         if credential.valid_from <= credential.valid_until:
             with self._lock:
                 self._cache[key] = credential
@@ -111,15 +143,6 @@ class CredentialResolver:
                 while len(self._cache) > self._max:
                     self._cache.popitem(last=False)
         return credential
-
-    def _crls_unchanged(self, cached: Credential) -> bool:
-        """Whether the source still serves the CRLs the cached verdict used (a caching source
-        answers from memory while they are fresh; a new CRL means new revocation facts)."""
-        for crl_url, body in cached.crls:
-            fetched = self._source.fetch(crl_url, kind=FetchKind.CRL)
-            if fetched.body is not body and fetched.body != body:
-                return False
-        return True
 
     # -- the judgement itself (cache miss) ---------------------------------------------------
 

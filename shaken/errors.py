@@ -9,6 +9,7 @@ informational and does not by itself make a PASSporT invalid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -240,6 +241,19 @@ def error(reason: Reason, detail: str) -> Finding:
 def warning(reason: Reason, detail: str) -> Finding:
     """A tolerated deviation."""
     return Finding(reason, detail, Severity.WARNING)
+
+
+def unique_findings(findings: Sequence[Finding]) -> tuple[Finding, ...]:
+    """``findings`` in order without repeats (one problem found by two steps is one finding)."""
+    if len(findings) < 2:
+        return tuple(findings)
+    seen: set[Finding] = set()
+    out: list[Finding] = []
+    for f in findings:
+        if f not in seen:
+            seen.add(f)
+            out.append(f)
+    return tuple(out)
 
 
 class ShakenError(Exception):

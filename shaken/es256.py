@@ -17,9 +17,16 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from shaken.errors import Reason, error
+
 # RFC 7518 section 3.4: R and S are 32-octet big-endian integers for P-256.
 ES256_COORDINATE_LENGTH = 32
 ES256_SIGNATURE_LENGTH = 2 * ES256_COORDINATE_LENGTH
+
+# What the verifier records when the check fails (one immutable value, shared).
+SIGNATURE_INVALID = error(
+    Reason.SIGNATURE_INVALID, "ES256 signature does not verify with the x5u key"
+)
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 # RFC 6979 deterministic nonces, as RFC 8225 section 4.2 recommends for signers.

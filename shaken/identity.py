@@ -34,10 +34,17 @@ _HTML_ENTITY_RE = re.compile(r"&(?:lt|gt|quot|amp|#x?[0-9a-fA-F]+);")
 # A separator inside angle brackets forces the slow, bracket-aware split.
 _SEP_IN_BRACKETS_RE = {sep: re.compile(f"<[^>]*{sep}") for sep in (";", ",")}
 # The shape nearly every signer emits (RFC 8224 section 4, ATIS examples): parsed in one
-# regex match; anything else takes the general path below.
-_FAST_RE = re.compile(
-    r"([A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+)"
-    r";info=<([^<>;\"\s]+)>(?:;alg=([A-Za-z0-9]+))?(?:;ppt=(\"?)([A-Za-z0-9\-]+)\4)?"
+# regex match, with no finding; anything else takes the general path below. The parameters
+# part on its own (groups: info URI, alg, the quote around ppt (empty when unquoted), ppt)
+# serves callers that check the token's alphabet otherwise (a strict base64url decode of
+# each segment accepts exactly these characters).
+COMMON_PARAMS_RE = re.compile(
+    r";info=<([^<>;\"\s]+)>(?:;alg=([A-Za-z0-9]+))?"
+    r"(?:;ppt=(?P<quote>\"?)([A-Za-z0-9\-]+)(?P=quote))?"
+)
+# The whole value; groups: token, then those of COMMON_PARAMS_RE.
+COMMON_FORM_RE = re.compile(
+    r"([A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+)" + COMMON_PARAMS_RE.pattern
 )
 # A token parameter name (RFC 3261 section 25.1 ``token``).
 _PARAM_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -201,7 +208,7 @@ def parse_identity_header(value: str) -> IdentityHeader:
     (``Identity:``), line folding and HTML entities are undone with a recorded warning.
     RFC 8224 section 4 and section 4.1; STANDARDS.md section 1.1 and section 10 steps 2-4.
     """
-    fast = _FAST_RE.fullmatch(value)
+    fast = COMMON_FORM_RE.fullmatch(value)
     if fast is not None:
         return _from_fast_match(value, fast)
     return _parse_general(value)

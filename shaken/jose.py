@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from shaken.errors import Reason, ShakenError
 
@@ -127,17 +127,22 @@ _ENCODER_OPTIONS = json.JSONEncoder(
 )
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _c_encode_basestring = getattr(json.encoder, "c_encode_basestring", None)
+# The C encoder with the arguments JSONEncoder.iterencode passes, built once: without
+# circular-reference markers it holds no per-call state (decoded JSON cannot be circular;
+# _check_integers_only would loop on a cycle first), so every call and thread can share it.
+_C_ENCODER = (
+    None
+    if _c_make_encoder is None or _c_encode_basestring is None
+    else _c_make_encoder(
+        None, _ENCODER_OPTIONS.default, _c_encode_basestring, None, ":", ",", True, False, False
+    )
+)
 
 
 def _encode(obj: object) -> str:
-    if _c_make_encoder is None or _c_encode_basestring is None:  # pragma: no cover - PyPy etc.
+    if _C_ENCODER is None:  # pragma: no cover - PyPy etc.
         return _ENCODER_OPTIONS.encode(obj)
-    # Same arguments JSONEncoder.iterencode passes, without circular-reference markers
-    # (decoded JSON cannot be circular; _check_integers_only would loop on a cycle first).
-    encoder = _c_make_encoder(
-        None, _ENCODER_OPTIONS.default, _c_encode_basestring, None, ":", ",", True, False, False
-    )
-    return "".join(encoder(obj, 0))
+    return "".join(_C_ENCODER(obj, 0))
 
 
 def canonical_json(obj: object) -> str:
@@ -160,6 +165,9 @@ def _no_float(text: str) -> object:
 
 # The C scanner with no Python hooks except on floats and NaN/Infinity, which abort the fast path.
 _FAST_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float)
+# Its scanner alone: canonical JSON has no surrounding whitespace to skip, and the comparison
+# with the re-serialisation below rejects trailing data, so ``decode``'s wrapping is not needed.
+_FAST_SCAN: Callable[[str, int], tuple[object, int]] = _FAST_DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads_canonical(data: bytes) -> dict[str, object] | None:
@@ -172,9 +180,23 @@ def loads_canonical(data: bytes) -> dict[str, object] | None:
     the exact reason. RFC 8225 section 9; RFC 7515 section 5.2.
     """
     try:
-        value = _FAST_DECODER.decode(data.decode("utf-8"))
-        if type(value) is dict and _encode(value).encode("utf-8") == data:
+        text = data.decode("utf-8")
+        value = _FAST_SCAN(text, 0)[0]
+        if type(value) is dict and _encode(value) == text:
             return value
-    except (ValueError, _NotFastPath, RecursionError):
+    except (ValueError, StopIteration, _NotFastPath, RecursionError):
         pass
     return None
+
+
+def loads_canonical_segment(segment: str) -> dict[str, object] | None:
+    """``loads_canonical`` of a strict base64url segment; None for anything else (never raises).
+
+    What a JWS segment carries when its signer followed RFC 8225 section 9; the callers that
+    get None take the strict path, which names the problem. RFC 7515 section 2 and 5.2.
+    """
+    try:
+        data = b64url_decode(segment)
+    except ShakenError:
+        return None
+    return loads_canonical(data)

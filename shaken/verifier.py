@@ -8,21 +8,24 @@ every problem becomes a ``Finding`` in checklist order, so the first error is wh
 would answer and the rest is evidence. Checks continue after a failure whenever the later ones
 still have something to tell (an investigator wants the signer even of a stale call). Diversion
 chains are linked afterwards (RFC 8946 section 4.2) and the request result follows RFC 8224
-section 6.2.1/6.2.2 (``shaken.result.aggregate``).
+section 6.2.1/6.2.2 (``shaken.result.aggregate``). The common case (one clean full-form SHAKEN
+PASSporT) is answered first by ``shaken.fastpath`` with the very same result; anything else
+comes here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 
 from shaken.constraints import check_claim_constraints
-from shaken.credentials import Credential, CredentialResolver
-from shaken.errors import Finding, Reason, Severity, error
-from shaken.es256 import verify_es256
+from shaken.credentials import Credential, CredentialResolver, check_authority
+from shaken.errors import Finding, Reason, Severity, error, unique_findings
+from shaken.es256 import SIGNATURE_INVALID, verify_es256
+from shaken.fastpath import FastPath
 from shaken.identity import IdentityHeader, parse_identity_header
-from shaken.party import Party, PartyKind
+from shaken.party import Party
 from shaken.passport import (
     DecodedPassport,
     check_claims,
@@ -31,44 +34,33 @@ from shaken.passport import (
     link_div_chains,
     rebuild_compact_signing_input,
 )
-from shaken.policy import Originator, Policy, TnMatch
+from shaken.policy import Policy
 from shaken.rcd import check_rcdi
+from shaken.request import (
+    VerificationRequest,
+    check_freshness,
+    originator_of,
+    same_identity,
+    targets_of,
+)
 from shaken.result import PassportResult, VerificationResult, aggregate
 from shaken.source import CertificateSource, check_info_url
 from shaken.trust import TrustStore
+
+__all__ = ["FULL_FORM_ONLY", "VerificationRequest", "Verifier"]
 
 # PASSporT types whose claims cannot be rebuilt from SIP: compact form is not specified for them
 # (RFC 8588 section 3, RFC 8946 section 3, RFC 8443 section 3).
 FULL_FORM_ONLY: frozenset[str] = frozenset({"shaken", "div", "div-o", "rph"})
 
 
-@dataclass(frozen=True, slots=True)
-class VerificationRequest:
-    """What the verifier needs from a SIP request, already extracted and canonicalised.
-
-    ``from_party``/``pai_party``: the From and P-Asserted-Identity identities (canonical TN per
-    RFC 8224 section 8.3 or normalised URI per section 8.5); ``dest``: the To identity (and
-    any other target the caller deems equivalent); ``request_uri``: the current target, for
-    diversion chains; ``date``: the parsed Date header, ``date_present`` whether a Date header
-    was there at all (present but unparseable is a distinct finding).
-    """
-
-    identities: tuple[str, ...]
-    from_party: Party | None = None
-    pai_party: Party | None = None
-    dest: tuple[Party, ...] = ()
-    request_uri: Party | None = None
-    date: datetime | None = None
-    date_present: bool = False
-    findings: tuple[Finding, ...] = field(default=())
-
-    @property
-    def originator(self) -> Party | None:
-        return self.pai_party or self.from_party
-
-
 class Verifier:
-    """A STIR/SHAKEN verification service core: trust, certificate source and policy fixed."""
+    """A STIR/SHAKEN verification service core: trust, certificate source and policy fixed.
+
+    ``fast_path`` (on by default) answers the common case through ``shaken.fastpath``, which
+    computes the same result as the full checklist; turning it off runs the full checklist
+    for every request (the reference the fast path is tested against).
+    """
 
     def __init__(
         self,
@@ -76,11 +68,15 @@ class Verifier:
         trust: TrustStore,
         source: CertificateSource,
         policy: Policy | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.policy = policy or Policy()
         self.trust = trust
         self.source = source
         self.credentials = CredentialResolver(trust=trust, source=source, policy=self.policy)
+        self._fast = (
+            FastPath(policy=self.policy, credentials=self.credentials) if fast_path else None
+        )
 
     def close(self) -> None:
         """Release what the certificate source holds (an HTTP source keeps connections open)."""
@@ -101,6 +97,10 @@ class Verifier:
         if at.tzinfo is None:
             raise ValueError("verification time must be timezone-aware")
         now = at.timestamp()
+        if self._fast is not None:
+            common = self._fast.verify(request, at, now)
+            if common is not None:
+                return common
         decoded: list[DecodedPassport | None] = []
         results: list[PassportResult] = []
         # Step 1: every Identity header, each judged on its own.
@@ -153,16 +153,16 @@ class Verifier:
             findings.extend(check_claims(passport))
         claims = passport.claims
         iat = claims.iat if claims else None
-        originator = self._originator(request)
+        originator = originator_of(request, policy)
         # Steps 10-12: freshness of Date and iat.
-        findings.extend(self._freshness(request, iat, now, compact=compact))
+        findings.extend(check_freshness(request, iat, now, policy, compact=compact))
         # Steps 13-15: identities, derived from SIP, never taken from the token alone.
         if originator is None:
             findings.append(error(Reason.NO_ORIGINATING_IDENTITY, "no From/P-Asserted-Identity"))
         elif (
             claims is not None
             and claims.orig is not None
-            and not self._same(claims.orig, originator)
+            and not same_identity(claims.orig, originator, policy.tn_match)
         ):
             findings.append(
                 error(
@@ -171,8 +171,10 @@ class Verifier:
                 )
             )
         if policy.check_dest and claims is not None and claims.dest:
-            targets = self._targets(request, ppt)
-            if targets and not any(self._same(d, t) for d in claims.dest for t in targets):
+            targets = targets_of(request, ppt)
+            if targets and not any(
+                same_identity(d, t, policy.tn_match) for d in claims.dest for t in targets
+            ):
                 wanted = ", ".join(str(t) for t in targets)
                 got = ", ".join(str(d) for d in claims.dest)
                 findings.append(
@@ -182,7 +184,7 @@ class Verifier:
         credential = self._credential(header, now, findings)
         # Step 21: authority of the signer for the identities it signed (RFC 8226 section 9).
         if credential is not None and credential.leaf is not None and claims is not None:
-            findings.extend(_authority(credential, claims.orig, claims.div, ppt))
+            findings.extend(check_authority(credential, claims.orig, claims.div, ppt))
         # Step 22: the signature, over the received bytes (full) or the rebuilt JSON (compact).
         signature_valid = self._signature(
             passport, header, credential, request, originator, iat, findings
@@ -200,7 +202,7 @@ class Verifier:
             ppt=ppt,
             form=passport.form,
             ignored=False,
-            findings=tuple(_dedupe(findings)),
+            findings=unique_findings(findings),
             attest=claims.attest if claims else None,
             origid=claims.origid if claims else None,
             orig=claims.orig if claims else None,
@@ -215,57 +217,6 @@ class Verifier:
         return result, passport
 
     # -- the steps ----------------------------------------------------------------------------
-
-    def _originator(self, request: VerificationRequest) -> Party | None:
-        if self.policy.originator is Originator.FROM:
-            return request.from_party
-        return request.originator
-
-    def _targets(self, request: VerificationRequest, ppt: str | None) -> tuple[Party, ...]:
-        """Where dest must point: a div PASSporT's dest is the current target (RFC 8946 4.2)."""
-        if ppt == "div" and request.request_uri is not None:
-            return (request.request_uri,)
-        if request.request_uri is not None and request.request_uri not in request.dest:
-            return (*request.dest, request.request_uri)
-        return request.dest
-
-    def _same(self, a: Party, b: Party) -> bool:
-        if a.kind is not b.kind:
-            return False
-        if a.value == b.value:
-            return True
-        if a.kind is PartyKind.URI:
-            return a.value.lower() == b.value.lower()
-        if self.policy.tn_match is TnMatch.NANP:
-            return a.value == "1" + b.value or b.value == "1" + a.value
-        return False
-
-    def _freshness(
-        self, request: VerificationRequest, iat: int | None, now: float, *, compact: bool
-    ) -> list[Finding]:
-        """Steps 10-12 (RFC 8224 section 6.2 step 4; ATIS-1000074 iat check)."""
-        policy = self.policy
-        found: list[Finding] = []
-        if policy.check_date:
-            if request.date is None:
-                if request.date_present:
-                    found.append(error(Reason.INVALID_DATE, "Date header is not RFC 1123"))
-                else:
-                    found.append(error(Reason.MISSING_DATE, "no Date header"))
-            else:
-                found.extend(_window(request.date.timestamp(), now, policy, "Date"))
-        if policy.check_iat and iat is not None and not compact:
-            found.extend(_window(float(iat), now, policy, "iat"))
-            if request.date is not None and int(request.date.timestamp()) != iat:
-                delta = int(request.date.timestamp()) - iat
-                found.append(
-                    Finding(
-                        Reason.IAT_DATE_MISMATCH,
-                        f"Date - iat = {delta} s (iat used, RFC 8224 section 6.2 step 4)",
-                        Severity.INFO,
-                    )
-                )
-        return found
 
     def _credential(
         self, header: IdentityHeader, now: float, findings: list[Finding]
@@ -304,9 +255,7 @@ class Verifier:
             return None
         valid = verify_es256(credential.public_key, signing_input, passport.signature)
         if not valid:
-            findings.append(
-                error(Reason.SIGNATURE_INVALID, "ES256 signature does not verify with the x5u key")
-            )
+            findings.append(SIGNATURE_INVALID)
         return valid
 
     def _rebuild(
@@ -373,54 +322,6 @@ class Verifier:
 
 def _has(findings: Sequence[Finding], reason: Reason) -> bool:
     return any(f.reason is reason for f in findings)
-
-
-def _dedupe(findings: Sequence[Finding]) -> list[Finding]:
-    seen: set[tuple[Reason, str, Severity]] = set()
-    out = []
-    for f in findings:
-        key = (f.reason, f.detail, f.severity)
-        if key not in seen:
-            seen.add(key)
-            out.append(f)
-    return out
-
-
-def _window(moment: float, now: float, policy: Policy, what: str) -> list[Finding]:
-    """Freshness of a Date or iat: at most ``freshness_s`` old, ``clock_skew_s`` ahead."""
-    age = now - moment
-    if age > policy.freshness_s:
-        reason = Reason.STALE_DATE if what == "Date" else Reason.STALE_IAT
-        return [error(reason, f"{what} is {age:.0f} s old (window {policy.freshness_s} s)")]
-    if -age > policy.clock_skew_s:
-        reason = Reason.FUTURE_DATE if what == "Date" else Reason.FUTURE_IAT
-        return [
-            error(reason, f"{what} is {-age:.0f} s in the future (skew {policy.clock_skew_s} s)")
-        ]
-    return []
-
-
-def _authority(
-    credential: Credential, orig: Party | None, div: Party | None, ppt: str | None
-) -> list[Finding]:
-    """Step 21: a TNAuthList with TNs or ranges must cover the identity signed for.
-
-    SHAKEN certificates carry an SPC only; nothing can be checked against an SPC without
-    external data (STANDARDS.md 7.3), so SPC-only lists pass. RFC 8226 section 9; RFC 8946
-    section 4.2 (the div signer must be authoritative for the div identity).
-    """
-    leaf = credential.leaf
-    if leaf is None or leaf.tn_auth_list is None:
-        return []
-    tnal = leaf.tn_auth_list
-    if tnal.spcs or not (tnal.ranges or tnal.tns):
-        return []
-    subject = div if ppt == "div" else orig
-    if subject is None or subject.kind is not PartyKind.TN:
-        return []
-    if tnal.covers(subject.value):
-        return []
-    return [error(Reason.SIGNER_NOT_AUTHORIZED, f"TNAuthList does not cover {subject.value}")]
 
 
 def _only_dest_failed(result: PassportResult) -> bool:
