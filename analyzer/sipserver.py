@@ -3,8 +3,9 @@
 Theory of operation. ``SipServerCore.receive(data, at=...)`` parses one message and returns a
 `Decision`: a response to send now (OPTIONS, errors, a cached answer), a `VerificationJob` to
 run through a verifier (INVITE), or nothing (ACK, unanswerable input, counted by reason). The
-caller runs the job wherever it likes (the asyncio server uses a thread pool, tests call the
-verifier inline) and hands the result to ``complete``, which builds the answer:
+caller runs the job wherever it likes (the asyncio server on its loop when the certificate is
+cached, else in a thread pool; tests call the verifier inline) and hands the result to
+``complete``, which builds the answer:
 
 * default policy: ``302 Moved Temporarily`` with a Contact carrying the original Request-URI,
   the P-Asserted-Identity values with ``verstat`` added (3GPP TS 24.229 section 7.2A.20), the
@@ -15,7 +16,8 @@ verifier inline) and hands the result to ``complete``, which builds the answer:
   (403/428/436/437/438, RFC 8224 section 6.2.2).
 
 Server transactions (RFC 3261 section 17.2.3) are keyed on the top Via branch, its sent-by
-and the method (ACK and CANCEL are matched to the INVITE); the final answer is kept for 64*T1
+and the method (CANCEL is matched to the INVITE; an ACK, which never gets a response, is
+absorbed from its request line without a parse); the final answer is kept for 64*T1
 so a retransmission gets the same bytes without a second verification. The table is bounded
 and expires entries in the injected time (``at``), never the clock. Not thread-safe: one
 owner (the event loop) calls it; only ``Verifier.verify`` runs elsewhere.
@@ -38,7 +40,7 @@ from analyzer.sipanswer import (
     phrase_of,
     record_of,
     stir_reasons,
-    uri_headers,
+    uri_header,
     with_verstat,
     without_tag,
 )
@@ -99,6 +101,12 @@ _TRUNCATION_DEFECTS = frozenset(
         SipReason.CONFLICTING_CONTENT_LENGTH,
     }
 )
+# An ACK is absorbed from its request line alone (see ``receive``): the method as the first
+# token, the version as the last; the line is searched for within the longest request line a
+# parse would accept anyway.
+_ACK_PREFIX = b"ACK "
+_ACK_VERSION = b" SIP/2.0"
+_MAX_ACK_LINE = 8 * 1024
 _INFO_URL = re.compile(r";\s*info\s*=\s*<([^>]*)>", re.IGNORECASE)
 _URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 
@@ -126,9 +134,8 @@ class DropReason(StrEnum):
 @dataclass(frozen=True, slots=True)
 class VerificationJob:
     """An INVITE waiting for the verifier: the parsed request and the verification time (the
-    arrival time). ``verification_request()`` extracts what the verifier needs; it is called
-    where the verifier runs (a worker thread), keeping the event loop's share of the work to
-    parsing and answering. RFC 8224 section 6.2."""
+    arrival time). ``verification_request()`` extracts what the verifier needs, where the
+    verifier runs. RFC 8224 section 6.2."""
 
     key: tuple[str, str, str]
     request: Request
@@ -153,13 +160,23 @@ class Decision:
     drop: DropReason | None = None
 
 
+# Every ACK gets the same decision (a frozen value): one less object per call.
+_ABSORBED_ACK = Decision(Action.ABSORB, method="ACK")
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The answer to a verified INVITE and the record of it."""
+    """The answer to a verified INVITE, and what it answered (for the record of it)."""
 
     response: bytes
     status: int
-    record: VerificationRecord
+    job: VerificationJob
+    result: VerificationResult
+
+    @property
+    def record(self) -> VerificationRecord:
+        """The JSONL record of this answer (built on demand: not every server writes one)."""
+        return record_of(self.job.request, self.job.at, self.result, self.status)
 
 
 @dataclass(slots=True)
@@ -213,7 +230,7 @@ class SipServerCore:
         self.stats = ServerStats()
         self._transactions: OrderedDict[tuple[str, str, str], _Transaction] = OrderedDict()
         self._known_x5u: OrderedDict[str, None] = OrderedDict()
-        self._verstat_memo: dict[tuple[str, Verstat], str] = {}
+        self._verstat_memo: dict[tuple[str, str, Verstat], tuple[str, str]] = {}
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -230,6 +247,11 @@ class SipServerCore:
         self._expire(_now(at))
         if len(data) > self.max_message_bytes:
             return self._too_large(data)
+        if data.startswith(_ACK_PREFIX) and self._is_ack_line(data):
+            # An ACK never gets a response (RFC 3261 section 17.2.1: it confirms a non-2xx
+            # answer, or matches nothing): parsing it would be work for nothing. It is every
+            # other datagram a busy server receives.
+            return self._absorb("ACK")
         if not data.strip(b"\r\n\t \x00"):
             return self._dropped(DropReason.KEEPALIVE)
         try:
@@ -245,6 +267,17 @@ class SipServerCore:
         """
         self._expire(_now(at))
         return self._message(message, at)
+
+    @staticmethod
+    def _is_ack_line(data: bytes) -> bool:
+        """Whether ``data`` opens with an ACK request line (``ACK <uri> SIP/2.0``)."""
+        end = data.find(b"\n", 0, _MAX_ACK_LINE)
+        return end > 0 and data[:end].rstrip().endswith(_ACK_VERSION)
+
+    def _absorb(self, method: str) -> Decision:
+        self.stats.requests[method] += 1
+        self.stats.acks += 1
+        return _ABSORBED_ACK
 
     def _message(self, message: Request | Response, at: datetime) -> Decision:
         if isinstance(message, Response):
@@ -278,10 +311,9 @@ class SipServerCore:
             return self._dropped(DropReason.TOO_LARGE)
         if not isinstance(message, Request) or not self._answerable(message):
             return self._dropped(DropReason.TOO_LARGE)
-        self.stats.requests[message.method] += 1
         if message.method == "ACK":
-            self.stats.acks += 1
-            return Decision(Action.ABSORB, method="ACK")
+            return self._absorb("ACK")
+        self.stats.requests[message.method] += 1
         return self._reply(message, 513, "Message Too Large")
 
     @staticmethod
@@ -310,7 +342,7 @@ class SipServerCore:
             # Absorbed: it confirms our non-2xx answer (RFC 3261 section 17.2.1) or matches
             # nothing at all; an ACK never gets a response.
             self.stats.acks += 1
-            return Decision(Action.ABSORB, method=method)
+            return _ABSORBED_ACK
         key = self._key(request, method)
         known = self._transactions.get(key)
         if known is not None:
@@ -363,7 +395,10 @@ class SipServerCore:
     @staticmethod
     def _unsupported_extensions(request: Request) -> str:
         """Option tags in Require: this server supports none (RFC 3261 section 8.2.2.3)."""
-        tags = [v.strip() for v in request.headers.values("require") if v.strip()]
+        headers = request.headers
+        if "require" not in headers:  # the common case, without splitting every header
+            return ""
+        tags = [v.strip() for v in headers.values("require") if v.strip()]
         return ", ".join(tags)
 
     @staticmethod
@@ -445,7 +480,7 @@ class SipServerCore:
         else:
             status, data = self._answer(job.request, result)
         self._finish(job, data)
-        return Completion(data, status, record_of(job.request, job.at, result, status))
+        return Completion(data, status, job, result)
 
     def shed(self, job: VerificationJob) -> bytes:
         """503 with Retry-After for a job the server has no room for (RFC 3261 section 21.5.4
@@ -477,25 +512,31 @@ class SipServerCore:
             text = result.reason_phrase or phrase_of(code)
             return code, self._build(request, code, text, reasons)
         verstat = result.verstat
-        pai = [self._decorate(v, verstat) for v in request.headers.values("p-asserted-identity")]
-        from_value = request.headers.get("from")
-        redirected = [("P-Asserted-Identity", v) for v in pai]
+        headers = request.headers
+        pai = [
+            self._decorate("P-Asserted-Identity", value, verstat)
+            for value in headers.values("p-asserted-identity")
+        ]
+        redirected = [escaped for _, escaped in pai]
+        from_value = headers.get("from")
         if from_value is not None:
-            redirected.append(("From", self._decorate(without_tag(from_value), verstat)))
+            redirected.append(self._decorate("From", without_tag(from_value), verstat)[1])
         target = request.uri_text.strip().strip("<>")
         if redirected and "?" not in target:
-            target = f"{target}?{uri_headers(redirected)}"
-        headers = [("Contact", f"<{target}>")]
-        headers.extend(("P-Asserted-Identity", v) for v in pai)
-        headers.extend(reasons)
-        return 302, self._build(request, 302, "Moved Temporarily", headers)
+            target = f"{target}?{'&'.join(redirected)}"
+        answer = [("Contact", f"<{target}>")]
+        answer.extend(("P-Asserted-Identity", value) for value, _ in pai)
+        answer.extend(reasons)
+        return 302, self._build(request, 302, "Moved Temporarily", answer)
 
-    def _decorate(self, value: str, verstat: Verstat) -> str:
-        """`_with_verstat`, remembered (bounded; cleared when full)."""
-        key = (value, verstat)
+    def _decorate(self, name: str, value: str, verstat: Verstat) -> tuple[str, str]:
+        """``value`` with ``verstat`` (`with_verstat`) and as the URI header ``name=...`` of a
+        Contact (`uri_header`), remembered (bounded; cleared when full)."""
+        key = (name, value, verstat)
         found = self._verstat_memo.get(key)
         if found is None:
-            found = with_verstat(value, verstat)
+            decorated = with_verstat(value, verstat)
+            found = (decorated, uri_header(name, decorated))
             if len(self._verstat_memo) >= MAX_VERSTAT_MEMO:
                 self._verstat_memo.clear()
             self._verstat_memo[key] = found

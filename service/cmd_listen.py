@@ -17,12 +17,12 @@ object of ``stirscope analyze``) and one anomaly record per malformed packet (ra
 (``--rotate-keep`` old files). ``--db URL`` (``sqlite:///PATH`` or a file path,
 ``postgresql://USER@HOST/DB``) records the session as one job of the results store that
 `stirscope serve` reads: ``running`` while listening (its inputs are the listeners), the HEP
-and capture call records and their anomalies written about every second, ``done`` after a
-clean stop; SIP server answers go to ``-o`` only (they are not calls: no dialog). Call
-records carry ``replay`` (the same PASSporT on an earlier call of the session, RFC 8224
-section 12.1) as in ``stirscope analyze``. ``--metrics HOST:PORT`` serves Prometheus
-metrics. Trust and certificate options are those of ``stirscope verify``; all listeners run
-in one process.
+and capture call records, their anomalies and the SIP server's answered INVITEs (each a
+one-leg call whose final response is the answer) written about every second, ``done`` after
+a clean stop. Call records carry ``replay`` (the same PASSporT on an earlier call of the
+session, RFC 8224 section 12.1) as in ``stirscope analyze``. ``--metrics HOST:PORT`` serves
+Prometheus metrics. Trust and certificate options are those of ``stirscope verify``; all
+listeners run in one process (the SIP server alone on uvloop's event loop when installed).
 SIGINT/SIGTERM stop gracefully: queued verifications are answered, every call finished or
 still open is verified and written before exit. Exit 0 after a clean stop, 2 on usage errors
 (including an address that cannot be bound, an interface that cannot be captured or a
@@ -42,14 +42,15 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from analyzer.assess import assess_call
 from analyzer.calls import Call
 from analyzer.live import LivePipeline
-from analyzer.records import CallRecord
-from analyzer.sipanswer import VerificationRecord
+from analyzer.records import CallRecord, endpoint
+from analyzer.sipanswer import call_record_of, ns_of
 from analyzer.sipserver import SipServerCore
 from analyzer.trustload import TrustLoadError
 from analyzer.verifying import VerifierConfig, build_verifier
@@ -59,11 +60,11 @@ from service.listen_iface import CaptureError, InterfaceCapture
 from service.listen_sip import (
     DEFAULT_QUEUE_LIMIT,
     DEFAULT_WORKERS,
+    Answered,
+    AnswerSink,
     Endpoint,
-    Peer,
     ServerLimits,
     SipVerificationServer,
-    Transport,
     wall_clock,
 )
 from service.live_feed import (
@@ -76,10 +77,10 @@ from service.live_feed import (
     encode_line,
 )
 from service.live_feed import DEFAULT_WORKERS as DEFAULT_LIVE_WORKERS
+from service.loop_source import loop_safe, verify_functions
 from service.metrics import Metrics
 from service.rotate import RotatingWriter, parse_duration, parse_size
-from shaken.result import VerificationResult
-from shaken.verifier import VerificationRequest, Verifier
+from shaken.verifier import Verifier
 
 if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported only when --db is used
     from service.listen_store import LiveStore
@@ -118,11 +119,12 @@ class JsonlSink:
             raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
         self.written = 0
 
-    def write(self, record: VerificationRecord, transport: Transport, peer: Peer) -> None:
+    def write(self, answered: Answered) -> None:
         """A SIP verification server answer (``--sip``)."""
-        line = record.to_json()
-        line["transport"] = transport.value
-        line["peer"] = f"{peer[0]}:{peer[1]}"
+        line = answered.record.to_json()
+        link = answered.link
+        line["transport"] = link.transport.value
+        line["peer"] = f"{link.peer[0]}:{link.peer[1]}"
         line["record"] = "verification"
         line["source"] = "sip"
         self.write_json(line)
@@ -150,21 +152,21 @@ class SipListener:
         reject: bool,
         metrics: Metrics,
         limits: ServerLimits,
-        sink: JsonlSink | None,
+        on_answer: AnswerSink | None,
+        outputs_full: Callable[[], bool] | None = None,
         clock: Callable[[], datetime] = wall_clock,
     ) -> None:
         self._endpoints = endpoints
-
-        def verify(request: VerificationRequest, at: datetime) -> VerificationResult:
-            return verifier.verify(request, at=at)
-
+        verify, verify_cached = verify_functions(verifier)
         self.server = SipVerificationServer(
             SipServerCore(reject=reject),
             verify,
+            verify_cached=verify_cached,
             metrics=metrics,
             limits=limits,
             clock=clock,
-            on_record=sink.write if sink is not None else None,
+            on_answer=on_answer,
+            outputs_full=outputs_full,
         )
 
     async def start(self) -> list[str]:
@@ -273,7 +275,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     output.add_argument(
         "--db",
         metavar="URL",
-        help="record the session (HEP/capture calls) in this results store "
+        help="record the session (HEP/capture calls, SIP answers) in this results store "
         "(sqlite:///PATH or postgresql://...)",
     )
     parser.add_argument(
@@ -325,10 +327,26 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--rotate-keep must be 0 or more")
 
 
+def _runner(args: argparse.Namespace) -> asyncio.Runner:
+    """The event loop of ``listen``: for the SIP server alone, uvloop's when it is installed
+    (its datagram and callback paths are C, and it reads every waiting datagram per wake-up
+    where asyncio's selector loop polls again after each one); asyncio's own otherwise, and
+    whenever the HEP collector or the capture run too (they are written and tested against
+    asyncio's loop)."""
+    if args.hep or args.iface:
+        return asyncio.Runner()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         _check(args)
-        return asyncio.run(_serve(args))
+        with _runner(args) as runner:
+            return runner.run(_serve(args))
     except (UsageError, TrustLoadError) as exc:
         print(f"stirscope listen: {exc}", file=sys.stderr)
         return 2
@@ -381,6 +399,7 @@ def _listeners(
     listeners: list[Listener] = []
     if args.sip:
         limits = ServerLimits(workers=args.workers, queue_limit=args.queue)
+        store = outputs.store
         listeners.append(
             SipListener(
                 list(args.sip),
@@ -388,7 +407,8 @@ def _listeners(
                 reject=args.reject,
                 metrics=metrics,
                 limits=limits,
-                sink=outputs.sink,
+                on_answer=_answer_sink(outputs, verifier.policy.freshness_s),
+                outputs_full=store.full if store is not None else None,
             )
         )
     if not (args.hep or args.iface):
@@ -405,6 +425,36 @@ def _listeners(
     return listeners
 
 
+def _answer_sink(outputs: Outputs, freshness_s: int) -> AnswerSink | None:
+    """Where the SIP server's answers go: a JSONL line (``-o``) and a call of the results
+    store (``--db``; its record is built by the store's flusher thread, off the loop)."""
+    sink, store, replay = outputs.sink, outputs.store, outputs.replay
+    if sink is None and store is None:
+        return None
+
+    def answered(answer: Answered) -> None:
+        if sink is not None:
+            sink.write(answer)
+        if store is not None:
+            store.add_deferred_call(partial(_sip_call, answer, replay, freshness_s), "sip")
+
+    return answered
+
+
+def _sip_call(answer: Answered, replay: ReplayWatch, freshness_s: int) -> CallRecord:
+    """The results-store call of one SIP server answer (on the store's flusher thread, in
+    answer order, so the session's replay detector sees the INVITEs in order)."""
+    completion, link = answer.completion, answer.link
+    job = completion.job
+    request = job.request
+    flag = replay.observe_values(request.call_id or "", ns_of(job.at), answer.request.identities)
+    return call_record_of(
+        request, answer.request, job.at, completion.result, completion.status,
+        transport=link.transport.value, src=endpoint(*link.peer), dst=endpoint(*link.local),
+        freshness_s=freshness_s, replay=flag,
+    )  # fmt: skip
+
+
 async def _serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     stop = asyncio.Event()
@@ -415,7 +465,9 @@ async def _serve(args: argparse.Namespace) -> int:
     err = sys.stderr
     status = 0
     with contextlib.ExitStack() as stack:
-        verifier = stack.enter_context(build_verifier(config))
+        # One verifier for every listener, over a source that also serves cache-only
+        # verification on the event loop (the SIP server's warm calls).
+        verifier = loop_safe(stack.enter_context(build_verifier(config)))
         metrics = Metrics()
         metrics.watch_cache(verifier.source)
         sink = None

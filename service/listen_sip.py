@@ -1,15 +1,23 @@
 """The SIP verification server of ``stirscope listen --sip``: asyncio UDP and TCP listeners.
 
-Theory of operation. The event loop owns the sans-IO `SipServerCore` and does only cheap work:
-parse, decide, send. An INVITE becomes a `VerificationJob` that runs ``verify`` in a thread
-pool, so a slow certificate fetch (up to the 2 s fetch timeout) never blocks other calls; the
-answer is built back on the loop. A 100 Trying goes out at once when the INVITE names an x5u
-not seen before, else after ``trying_delay_s`` if the answer is still pending (RFC 3261
-section 17.2.1). Verifications queued or running are bounded (``queue_limit``): past it an
-INVITE is answered ``503 Service Unavailable`` with Retry-After and counted as shed (never
-dropped silently), and TCP connections stop being read until the queue drains to half
-(backpressure). ``stop()`` is graceful: no new connections, new INVITEs shed, every queued
-verification answered (up to ``drain_timeout_s``), then sockets closed.
+Theory of operation. The event loop owns the sans-IO `SipServerCore`: it parses, decides and
+answers. An INVITE becomes a `VerificationJob`. When the server has a ``verify_cached`` (a
+verifier over a `LoopSafeSource`) the job is verified right there on the loop: with every
+certificate and CRL it needs already cached, verification is CPU work of ~0.1 ms, and handing
+it to a thread would cost more than it does (a queue, a wake-up, the GIL passed twice, a
+self-pipe write to come back). When it would need a fetch, the cache-only verifier raises
+`WouldBlock` before any I/O; then, as for every job of a server without ``verify_cached``,
+``verify`` runs in a thread pool, so a slow fetch (up to the 2 s fetch timeout) never blocks
+other calls, and the answer is built back on the loop. A 100 Trying goes out at once when a
+fetch may follow (an x5u not seen before, or not cached any more), else after
+``trying_delay_s`` if a pooled answer is still pending (RFC 3261 section 17.2.1).
+Verifications queued or running in the pool are bounded (``queue_limit``): past it an INVITE
+is answered ``503 Service Unavailable`` with Retry-After and counted as shed (never dropped
+silently), and TCP connections stop being read until the queue drains to half
+(backpressure); so is every INVITE while the kernel holds a backlog (the loop itself is
+behind) or the outputs cannot take more records. ``stop()`` is graceful: no new connections,
+new INVITEs shed, every queued verification answered (up to ``drain_timeout_s``), then
+sockets closed.
 
 The verification time is the arrival time, read from ``clock`` (wall clock by default,
 injectable for tests). RFC 3261 sections 17.2 and 18; RFC 8224 section 6.2.
@@ -31,21 +39,24 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
+from prometheus_client import Counter as MetricCounter
+
 from analyzer.sipanswer import VerificationRecord
 from analyzer.sipserver import (
     Action,
+    Completion,
     Decision,
     SipServerCore,
     VerificationJob,
 )
+from service.loop_source import Verify, WouldBlock
 from service.metrics import Metrics
 from shaken.result import VerificationResult
 from shaken.verifier import VerificationRequest
 from sip import FramingError, Request, Response, StreamFramer
 
-# Worker threads for verification. Warm-cache verification is CPU work (cryptography releases
-# the GIL while verifying, ARCHITECTURE.md section 5); a cold x5u waits up to the 2 s fetch
-# timeout, so a few extra threads keep warm calls flowing while some fetch.
+# Worker threads for verifications that may fetch (a cold x5u waits up to the 2 s fetch
+# timeout): a few keep other fetches flowing; warm-cache verification runs on the loop.
 DEFAULT_WORKERS = 8
 # Verifications queued or running before INVITEs are shed with 503. Queueing delay must stay
 # well under T1 = 500 ms (RFC 3261 section 17.1.1.1), or every queued INVITE is retransmitted
@@ -67,13 +78,21 @@ UDP_RECEIVE_BUFFER = 1024 * 1024
 PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
 # Unread bytes in the kernel past which INVITEs are shed (503) until the loop catches up.
 # The kernel counts buffer overhead too (about 2 kB per 1.3 kB INVITE): 256 KiB is ~130
-# INVITEs, ~0.1-0.2 s of work, well under T1 = 500 ms. Polled every 20 ms (a /proc read).
+# INVITEs, tens of milliseconds of work for warm calls (~0.25 ms each on the loop) and up
+# to ~0.15 s for pooled ones, well under T1 = 500 ms; and below the ~416 KiB a default
+# kernel grants (net.core.rmem_max 212,992, doubled), so shedding starts before kernel drops.
+# Polled every 20 ms (a /proc read).
 MAX_UDP_BACKLOG_BYTES = 256 * 1024
 BACKLOG_POLL_S = 0.02
 # Graceful shutdown waits this long for queued verifications (two fetch timeouts + margin).
 DRAIN_TIMEOUT_S = 5.0
+# UDP peers whose answer path (`Link`) is kept between datagrams: an SBC talks from a handful
+# of addresses; past this many (a scan, spoofed sources) the table starts afresh.
+MAX_UDP_LINKS = 1024
+# Metric label sets whose counter child is kept at hand (methods, statuses, verdicts): the
+# label values are few and fixed in practice; past this many, children are looked up again.
+MAX_METRIC_CHILDREN = 256
 
-Verify = Callable[[VerificationRequest, datetime], VerificationResult]
 Peer = tuple[str, int]
 
 
@@ -116,6 +135,31 @@ class Endpoint:
         return f"{self.transport.value}:{host}:{self.port}"
 
 
+async def _udp_socket(
+    loop: asyncio.AbstractEventLoop, endpoint: Endpoint, receive_buffer: int
+) -> socket.socket:
+    """A UDP socket bound to ``endpoint`` (the first address it resolves to that binds), its
+    receive buffer enlarged. Bound here rather than by ``create_datagram_endpoint``: uvloop
+    leaks a transport when its own bind fails."""
+    infos = await loop.getaddrinfo(
+        endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP
+    )
+    error: OSError = OSError(f"{endpoint.host}: no address")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.setblocking(False)
+        return sock
+    raise error
+
+
 async def bind_endpoint(
     loop: asyncio.AbstractEventLoop,
     endpoint: Endpoint,
@@ -128,14 +172,13 @@ async def bind_endpoint(
     it with the port actually bound (0 asks for a free one) and its transport or server."""
     handle: asyncio.DatagramTransport | asyncio.Server
     if endpoint.transport is Transport.UDP:
-        handle, _ = await loop.create_datagram_endpoint(
-            datagram, local_addr=(endpoint.host, endpoint.port)
-        )
-        sock = handle.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sockname = handle.get_extra_info("sockname")
+        sock = await _udp_socket(loop, endpoint, receive_buffer)
+        try:
+            handle, _ = await loop.create_datagram_endpoint(datagram, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        sockname = sock.getsockname()
     else:
         handle = await loop.create_server(stream, endpoint.host, endpoint.port, reuse_address=True)
         sockname = handle.sockets[0].getsockname()
@@ -159,7 +202,33 @@ class ServerLimits:
             raise ValueError("workers, queue_limit and max_connections must be at least 1")
 
 
-RecordSink = Callable[[VerificationRecord, Transport, Peer], None]
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Where a request came from and how its answers go back (RFC 3261 section 18.2.2)."""
+
+    transport: Transport
+    peer: Peer
+    local: Peer
+    send: Callable[[bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One verified INVITE as answered, for the outputs: the answer and what it answered
+    (``completion``), the verifier's input (``request``: parties with canonical numbers) and
+    the link it came over."""
+
+    completion: Completion
+    request: VerificationRequest
+    link: Link
+
+    @property
+    def record(self) -> VerificationRecord:
+        """The JSONL record of the answer (``stirscope listen -o``)."""
+        return self.completion.record
+
+
+AnswerSink = Callable[[Answered], None]
 
 
 def wall_clock() -> datetime:
@@ -170,16 +239,18 @@ def wall_clock() -> datetime:
 @dataclass(slots=True)
 class _Pending:
     job: VerificationJob
-    send: Callable[[bytes], None]
+    link: Link
     started: float
-    transport: Transport
-    peer: Peer
     timer: asyncio.TimerHandle | None = None
 
 
 class SipVerificationServer:
     """UDP and TCP listeners around one `SipServerCore` and one verifier.
 
+    ``verify`` may block (it runs in the pool); ``verify_cached``, when given, never does: it
+    raises `WouldBlock` where a fetch would be needed, and runs on the loop. ``on_answer``
+    sees every verified INVITE before it is answered (nothing answered goes unrecorded);
+    ``outputs_full`` says the outputs cannot take more for now (INVITEs are then shed).
     RFC 3261 sections 17.2 and 18; RFC 8224 section 6.2.
     """
 
@@ -188,23 +259,29 @@ class SipVerificationServer:
         core: SipServerCore,
         verify: Verify,
         *,
+        verify_cached: Verify | None = None,
         metrics: Metrics | None = None,
         limits: ServerLimits | None = None,
         clock: Callable[[], datetime] = wall_clock,
-        on_record: RecordSink | None = None,
+        on_answer: AnswerSink | None = None,
+        outputs_full: Callable[[], bool] | None = None,
     ) -> None:
         self.core = core
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits or ServerLimits()
         self._verify = verify
+        self._verify_cached = verify_cached
         self._clock = clock
-        self._on_record = on_record
+        self._on_answer = on_answer
+        self._outputs_full = outputs_full
         self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="sip-verify")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: list[asyncio.DatagramTransport] = []
+        self._udp_inodes: set[str] = set()
         self._tcp_servers: list[asyncio.Server] = []
         self._streams: set[_SipStream] = set()
         self._paused: set[_SipStream] = set()
+        self._counters: dict[tuple[MetricCounter, tuple[str, ...]], MetricCounter] = {}
         self._inflight = 0
         self._closing = False
         self._backlogged = False
@@ -213,6 +290,7 @@ class SipVerificationServer:
         self.endpoints: list[Endpoint] = []
         self.shed = 0
         self.answered = 0
+        self.answered_on_loop = 0
         self.internal_errors = 0
 
     # -- life cycle ------------------------------------------------------------------------
@@ -244,10 +322,15 @@ class SipVerificationServer:
             stream=lambda: _SipStream(self),
             receive_buffer=UDP_RECEIVE_BUFFER,
         )
-        if isinstance(handle, asyncio.Server):
-            self._tcp_servers.append(handle)
+        if endpoint.transport is Transport.TCP:  # uvloop's servers are no asyncio.Server
+            self._tcp_servers.append(cast(asyncio.Server, handle))
         else:
+            handle = cast(asyncio.DatagramTransport, handle)
             self._udp.append(handle)
+            sock = handle.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    self._udp_inodes.add(str(os.fstat(sock.fileno()).st_ino))
         return bound
 
     async def stop(self) -> None:
@@ -276,12 +359,7 @@ class SipVerificationServer:
     def kernel_queues(self) -> tuple[int, int]:
         """(bytes waiting, datagrams dropped) in the kernel for our UDP sockets, from the
         ``rx_queue`` and ``drops`` columns of /proc/net/udp{,6} (Linux; (0, 0) elsewhere)."""
-        inodes = set()
-        for transport in self._udp:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    inodes.add(str(os.fstat(sock.fileno()).st_ino))
+        inodes = self._udp_inodes
         waiting = dropped = 0
         for path in PROC_NET_UDP:
             try:
@@ -310,7 +388,7 @@ class SipVerificationServer:
 
     @property
     def inflight(self) -> int:
-        """Verifications queued or running."""
+        """Verifications queued or running in the pool."""
         return self._inflight
 
     def summary(self) -> str:
@@ -330,13 +408,7 @@ class SipVerificationServer:
 
     # -- requests --------------------------------------------------------------------------
 
-    def handle(
-        self,
-        data: bytes | Request | Response,
-        transport: Transport,
-        peer: Peer,
-        send: Callable[[bytes], None],
-    ) -> None:
+    def handle(self, data: bytes | Request | Response, link: Link) -> None:
         """One datagram or framed message: decide, answer or queue. Never raises."""
         started = time.perf_counter()
         try:
@@ -345,75 +417,111 @@ class SipVerificationServer:
                 decision = self.core.receive(data, at=at)
             else:
                 decision = self.core.receive_message(data, at=at)
-            self._act(decision, transport, peer, send, started)
+            self._act(decision, link, started)
         except Exception:  # a bug must cost one message, never the listener
             self.internal_errors += 1
             self.metrics.errors.labels("sip_handle").inc()
 
-    def _act(
-        self,
-        decision: Decision,
-        transport: Transport,
-        peer: Peer,
-        send: Callable[[bytes], None],
-        started: float,
-    ) -> None:
-        metrics = self.metrics
-        if decision.method is not None:
-            metrics.requests.labels(transport.value, decision.method).inc()
-        action = decision.action
-        if action is Action.VERIFY and decision.job is not None:
-            self._dispatch(decision, decision.job, transport, peer, send, started)
-        elif action is Action.REPLY and decision.response is not None:
-            self._send(send, decision.response, decision.status)
-        elif action is Action.RETRANSMIT:
-            metrics.retransmissions.labels(transport.value).inc()
-            if decision.response is not None:
-                send(decision.response)
-        elif action is Action.DROP and decision.drop is not None:
-            metrics.dropped.labels(transport.value, decision.drop.value).inc()
+    def _count(self, family: MetricCounter, *labels: str) -> None:
+        """``family.labels(*labels).inc()``, with the child kept at hand (bounded)."""
+        key = (family, labels)
+        child = self._counters.get(key)
+        if child is None:
+            child = family.labels(*labels)
+            if len(self._counters) < MAX_METRIC_CHILDREN:
+                self._counters[key] = child
+        child.inc()
 
-    def _send(self, send: Callable[[bytes], None], data: bytes, status: int | None) -> None:
+    def _act(self, decision: Decision, link: Link, started: float) -> None:
+        if decision.method is not None:
+            self._count(self.metrics.requests, link.transport.value, decision.method)
+        action = decision.action
+        if action is Action.ABSORB:
+            return
+        if action is Action.VERIFY and decision.job is not None:
+            self._dispatch(decision, decision.job, link, started)
+        elif action is Action.REPLY and decision.response is not None:
+            self._send(link, decision.response, decision.status)
+        elif action is Action.RETRANSMIT:
+            self.metrics.retransmissions.labels(link.transport.value).inc()
+            if decision.response is not None:
+                link.send(decision.response)
+        elif action is Action.DROP and decision.drop is not None:
+            self.metrics.dropped.labels(link.transport.value, decision.drop.value).inc()
+
+    def _send(self, link: Link, data: bytes, status: int | None) -> None:
         if status is not None:
-            self.metrics.responses.labels(str(status)).inc()
-        send(data)
+            self._count(self.metrics.responses, str(status))
+        link.send(data)
+
+    def _shed(self, job: VerificationJob, link: Link) -> None:
+        self.shed += 1
+        self.metrics.shed.labels(link.transport.value).inc()
+        self._send(link, self.core.shed(job), 503)
 
     def _dispatch(
-        self,
-        decision: Decision,
-        job: VerificationJob,
-        transport: Transport,
-        peer: Peer,
-        send: Callable[[bytes], None],
-        started: float,
+        self, decision: Decision, job: VerificationJob, link: Link, started: float
     ) -> None:
-        if self._closing or self._backlogged or self._inflight >= self.limits.queue_limit:
-            self.shed += 1
-            self.metrics.shed.labels(transport.value).inc()
-            self._send(send, self.core.shed(job), 503)
+        if self._closing or self._backlogged or (self._outputs_full and self._outputs_full()):
+            self._shed(job, link)
             return
-        if decision.response is not None:
-            self._send(send, decision.response, 100)
-        pending = _Pending(job, send, started, transport, peer)
+        request = None
+        if self._verify_cached is not None:
+            request = self._verify_here(job, link, started)
+            if request is None:
+                return
+        if self._inflight >= self.limits.queue_limit:
+            self._shed(job, link)
+            return
+        trying = decision.response
+        if trying is None and self._verify_cached is not None:
+            trying = self.core.trying(job)  # not cached: a fetch follows, say so at once
+        if trying is not None:
+            self._send(link, trying, 100)
+        pending = _Pending(job, link, started)
         loop = self._loop
         assert loop is not None
-        if decision.response is None:
+        if trying is None:
             pending.timer = loop.call_later(self.limits.trying_delay_s, self._trying, pending)
         self._inflight += 1
         self.metrics.inflight.set(self._inflight)
-        future = self._pool.submit(self._run_verify, job)
+        future = self._pool.submit(self._run_verify, job, request)
         future.add_done_callback(partial(self._from_worker, loop, pending))
 
-    def _run_verify(self, job: VerificationJob) -> tuple[VerificationResult, float]:
+    def _verify_here(
+        self, job: VerificationJob, link: Link, started: float
+    ) -> VerificationRequest | None:
+        """Verify on the loop with the cache-only verifier and answer; None when done, else
+        the extracted request for the pool (a fetch is needed: `WouldBlock`)."""
+        assert self._verify_cached is not None
         began = time.perf_counter()
-        result = self._verify(job.verification_request(), job.at)
-        return result, time.perf_counter() - began
+        try:
+            request = job.verification_request()
+            try:
+                result = self._verify_cached(request, job.at)
+            except WouldBlock:
+                return request
+        except Exception:
+            self._failed(job, link)
+            return None
+        self.answered_on_loop += 1
+        self._answer(job, link, started, request, result, time.perf_counter() - began)
+        return None
+
+    def _run_verify(
+        self, job: VerificationJob, request: VerificationRequest | None
+    ) -> tuple[VerificationRequest, VerificationResult, float]:
+        began = time.perf_counter()
+        if request is None:
+            request = job.verification_request()
+        result = self._verify(request, job.at)
+        return request, result, time.perf_counter() - began
 
     def _from_worker(
         self,
         loop: asyncio.AbstractEventLoop,
         pending: _Pending,
-        future: Future[tuple[VerificationResult, float]],
+        future: Future[tuple[VerificationRequest, VerificationResult, float]],
     ) -> None:
         with contextlib.suppress(RuntimeError):  # loop already closed: nothing left to answer
             loop.call_soon_threadsafe(self._done, pending, future)
@@ -422,37 +530,56 @@ class SipVerificationServer:
         pending.timer = None
         data = self.core.trying(pending.job)
         if data is not None:
-            self._send(pending.send, data, 100)
+            self._send(pending.link, data, 100)
 
-    def _done(self, pending: _Pending, future: Future[tuple[VerificationResult, float]]) -> None:
+    def _done(
+        self,
+        pending: _Pending,
+        future: Future[tuple[VerificationRequest, VerificationResult, float]],
+    ) -> None:
         if pending.timer is not None:
             pending.timer.cancel()
         self._inflight -= 1
-        metrics = self.metrics
-        metrics.inflight.set(self._inflight)
+        self.metrics.inflight.set(self._inflight)
         try:
-            try:
-                result, took = future.result()
-            except Exception:
-                self.internal_errors += 1
-                metrics.errors.labels("verifier").inc()
-                self._send(pending.send, self.core.fail(pending.job), 500)
-            else:
-                completion = self.core.complete(pending.job, result)
-                if self._on_record is not None:  # recorded before answered: nothing unlogged
-                    self._on_record(completion.record, pending.transport, pending.peer)
-                self._send(pending.send, completion.response, completion.status)
-                self.answered += 1
-                metrics.verify_latency.observe(took)
-                metrics.latency.observe(time.perf_counter() - pending.started)
-                metrics.verifications.labels(
-                    result.verstat.value, result.reason.value if result.reason else ""
-                ).inc()
+            request, result, took = future.result()
+        except Exception:
+            self._failed(pending.job, pending.link)
+        else:
+            self._answer(pending.job, pending.link, pending.started, request, result, took)
+        finally:
+            self._after_done()
+
+    def _failed(self, job: VerificationJob, link: Link) -> None:
+        """The verifier itself broke (a bug, never a verdict): 500, counted."""
+        self.internal_errors += 1
+        self.metrics.errors.labels("verifier").inc()
+        with contextlib.suppress(Exception):
+            self._send(link, self.core.fail(job), 500)
+
+    def _answer(
+        self,
+        job: VerificationJob,
+        link: Link,
+        started: float,
+        request: VerificationRequest,
+        result: VerificationResult,
+        took: float,
+    ) -> None:
+        metrics = self.metrics
+        try:
+            completion = self.core.complete(job, result)
+            if self._on_answer is not None:  # recorded before answered: nothing unlogged
+                self._on_answer(Answered(completion, request, link))
+            self._send(link, completion.response, completion.status)
+            self.answered += 1
+            metrics.verify_latency.observe(took)
+            metrics.latency.observe(time.perf_counter() - started)
+            reason = result.reason
+            self._count(metrics.verifications, result.verstat.value, reason.value if reason else "")
         except Exception:
             self.internal_errors += 1
             metrics.errors.labels("sip_complete").inc()
-        finally:
-            self._after_done()
 
     def _after_done(self) -> None:
         if self._paused and self._inflight <= self.limits.queue_limit // 2:
@@ -466,33 +593,51 @@ class SipVerificationServer:
         return self._inflight >= self.limits.queue_limit
 
 
+def _peer(address: object) -> Peer:
+    """(host, port) of a socket address (IPv6 ones carry flow info and scope too)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return ("", 0)
+
+
 class _SipDatagram(asyncio.DatagramProtocol):
-    """One UDP socket: each datagram is one message (RFC 3261 section 18.1.1)."""
+    """One UDP socket: each datagram is one message (RFC 3261 section 18.1.1), answered to
+    its source (symmetric response routing, RFC 3581)."""
 
     def __init__(self, server: SipVerificationServer) -> None:
         self._server = server
         self._transport: asyncio.DatagramTransport | None = None
+        self._local: Peer = ("", 0)
+        self._links: dict[object, Link] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Typed as BaseTransport by asyncio; a datagram endpoint always gets a datagram one.
         self._transport = cast(asyncio.DatagramTransport, transport)
+        self._local = _peer(transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        peer = (str(addr[0]), int(str(addr[1])))
-
-        def send(response: bytes) -> None:
-            # Answered to the datagram's source (symmetric response routing, RFC 3581).
-            if not transport.is_closing():
-                transport.sendto(response, addr)
-
-        self._server.handle(data, Transport.UDP, peer, send)
+        link = self._links.get(addr)
+        if link is None:
+            transport = self._transport
+            if transport is None:
+                return
+            if len(self._links) >= MAX_UDP_LINKS:
+                self._links.clear()
+            link = self._links[addr] = Link(
+                Transport.UDP, _peer(addr), self._local, partial(_send_datagram, transport, addr)
+            )
+        self._server.handle(data, link)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier answers (peer gone): nothing to retry, count them.
         self._server.metrics.errors.labels("udp_icmp").inc()
+
+
+def _send_datagram(
+    transport: asyncio.DatagramTransport, addr: tuple[str | object, ...], data: bytes
+) -> None:
+    if not transport.is_closing():
+        transport.sendto(data, addr)
 
 
 class _SipStream(asyncio.Protocol):
@@ -503,14 +648,15 @@ class _SipStream(asyncio.Protocol):
         self._server = server
         self._framer = StreamFramer(max_message_bytes=server.core.max_message_bytes)
         self._transport: asyncio.Transport | None = None
-        self._peer: Peer = ("", 0)
+        self._link = Link(Transport.TCP, ("", 0), ("", 0), self._write)
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._server
         self._transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self._peer = (str(peer[0]), int(peer[1]))
+        peer = _peer(transport.get_extra_info("peername"))
+        local = _peer(transport.get_extra_info("sockname"))
+        self._link = Link(Transport.TCP, peer, local, self._write)
         if server._closing or len(server._streams) >= server.limits.max_connections:
             server.metrics.dropped.labels("tcp", "connection_limit").inc()
             transport.abort()
@@ -528,7 +674,7 @@ class _SipStream(asyncio.Protocol):
             if isinstance(item, FramingError):
                 server.metrics.dropped.labels("tcp", item.reason.value).inc()
                 continue
-            server.handle(item, Transport.TCP, self._peer, self._write)
+            server.handle(item, self._link)
         if server.overloaded and not self._paused and self._transport is not None:
             self._paused = True
             server._paused.add(self)

@@ -20,9 +20,12 @@ counts). ``fail`` marks it failed (an error) or interrupted (the process is goin
 otherwise). A store error during the session (``LeaseLost``, the database gone) is kept in
 ``error``: later records are counted in ``dropped``, and ``listen`` stops and exits 1.
 
-SIP verification server answers (``--sip``) are not stored: a ``VerificationRecord`` is one
-INVITE seen by a proxy (no dialog, endpoints, legs or PASSporT details), not a call of the
-``calls`` table; they go to the JSONL output, and their counts to the job's manifest.
+SIP verification server answers (``--sip``) are stored as calls too: each answered INVITE is
+a one-leg call whose final response is the server's answer (``analyzer.sipanswer.
+call_record_of``). The event loop must never wait, so the server hands over a recipe
+(``add_deferred_call``) and the flusher thread builds the record (PASSporT details, replay
+flag) before writing it; while ``full`` the server sheds new INVITEs with 503 instead, so an
+answered INVITE is never missing from the store (the feeds' backpressure, for a server).
 
 ARCHITECTURE.md section 2 (storage); issue 7 (``listen --db``).
 """
@@ -34,7 +37,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from analyzer.anomaly import Anomaly
@@ -89,6 +92,7 @@ class LiveStore:
         self.anomalies_over_cap = 0
         self.finished = False
         self._calls: list[dict[str, Any]] = []
+        self._deferred: list[tuple[Callable[[], CallRecord], str]] = []
         self._anomalies: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -141,6 +145,22 @@ class LiveStore:
             if len(self._calls) >= BATCH_CALLS:
                 self._cond.notify_all()
 
+    def add_deferred_call(self, make: Callable[[], CallRecord], source: str) -> None:
+        """Queue one call whose record ``make`` builds on the flusher thread, in queue order
+        (the SIP server's answers); never waits: producers that cannot wait check ``full``
+        first."""
+        with self._cond:
+            if self.error is not None or self._stopping:
+                self.dropped += 1
+                return
+            self._deferred.append((make, source))
+            if len(self._calls) + len(self._deferred) >= BATCH_CALLS:
+                self._cond.notify_all()
+
+    def full(self) -> bool:
+        """Whether ``MAX_PENDING_CALLS`` records wait for the database (a snapshot)."""
+        return len(self._calls) + len(self._deferred) >= MAX_PENDING_CALLS
+
     def add_anomaly(self, item: Anomaly, source: str) -> None:
         """Queue one run-level anomaly (at most ``MAX_STORED_ANOMALIES`` per session)."""
         doc: dict[str, Any] = anomaly_to_json(item)
@@ -160,15 +180,36 @@ class LiveStore:
         while True:
             with self._cond:
                 self._cond.wait_for(
-                    lambda: self._stopping or len(self._calls) >= BATCH_CALLS, FLUSH_S
+                    lambda: self._stopping or len(self._calls) + len(self._deferred) >= BATCH_CALLS,
+                    FLUSH_S,
                 )
                 calls, self._calls = self._calls, []
+                deferred, self._deferred = self._deferred, []
                 anomalies, self._anomalies = self._anomalies, []
                 stopping = self._stopping
                 self._cond.notify_all()  # room for producers
+            calls.extend(self._build(deferred))
             self._write(calls, anomalies)
             if stopping:
                 return
+
+    def _build(self, deferred: list[tuple[Callable[[], CallRecord], str]]) -> list[dict[str, Any]]:
+        """The records of deferred calls, counted in the summary (a recipe that fails is a
+        bug: counted as dropped, never the flusher's end)."""
+        docs = []
+        for make, source in deferred:
+            try:
+                record = make()
+            except Exception:
+                with self._cond:
+                    self.dropped += 1
+                continue
+            doc = record.to_json()
+            doc["source"] = source
+            docs.append(doc)
+            with self._cond:
+                self.summary.add(record)
+        return docs
 
     def _write(self, calls: list[dict[str, Any]], anomalies: list[dict[str, Any]]) -> None:
         if self.error is not None:

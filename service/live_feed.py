@@ -34,7 +34,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -107,10 +107,17 @@ class ReplayWatch:
         """The call's cross-call replay flag; call it in emission order."""
         invite = call.primary.invite
         values = invite.keys.identity_values  # no full parse here (sip/keys.py)
-        if not values:
+        return self.observe_values(call.call_id, invite.ts_ns, values)
+
+    def observe_values(
+        self, call_id: str, start_ns: int, identities: Sequence[str]
+    ) -> ReplayFlag | None:
+        """``observe`` for a call known by its Call-ID, start and Identity values (the SIP
+        verification server's INVITEs, which are not tracked into calls)."""
+        if not identities:
             return None
         with self._lock:
-            return self._detector.observe(call.call_id, invite.ts_ns, values)
+            return self._detector.observe(call_id, start_ns, identities)
 
 
 def flag_record(record: CallRecord, flag: ReplayFlag | None) -> CallRecord:

@@ -138,7 +138,7 @@ class Metrics:
         )
         self.verify_latency = Histogram(
             "stirscope_verify_seconds",
-            "Time spent in the verifier per INVITE (worker thread)",
+            "Time spent in the verifier per INVITE (on the event loop or a worker thread)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,12 +33,13 @@ from analyzer.sipserver import SipServerCore
 from analyzer.verifying import build_verifier
 from service.cli import main
 from service.listen_sip import (
+    Answered,
     Endpoint,
-    Peer,
     ServerLimits,
     SipVerificationServer,
     Transport,
 )
+from service.loop_source import loop_safe, verify_functions
 from service.metrics import Metrics
 from shaken.result import VerificationResult
 from shaken.verifier import VerificationRequest, Verifier
@@ -74,6 +75,8 @@ class Harness:
     tcp: tuple[str, int]
     calls: list[float] = field(default_factory=list)
     records: list[VerificationRecord] = field(default_factory=list)
+    on_loop: list[str] = field(default_factory=list)
+    loop_thread: str = ""
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(TIMEOUT_S * 2)
@@ -86,30 +89,43 @@ def running(
     core: SipServerCore | None = None,
     limits: ServerLimits | None = None,
     delay_s: float = 0.0,
+    outputs_full: Callable[[], bool] | None = None,
 ) -> Iterator[Harness]:
-    """Start a server on loopback ports; ``delay_s`` slows every verification down."""
+    """Start a server on loopback ports; ``delay_s`` slows every pooled verification down.
+    A verifier made by ``loop_safe`` also verifies warm calls on the loop (``on_loop`` gets
+    the name of the thread each of those ran on)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     calls: list[float] = []
+    on_loop: list[str] = []
     records: list[VerificationRecord] = []
+    pooled, cached = verify_functions(verifier)
 
     def verify(request: VerificationRequest, at: datetime) -> VerificationResult:
         calls.append(time.monotonic())
         if delay_s:
             time.sleep(delay_s)
-        return verifier.verify(request, at=at)
+        return pooled(request, at)
 
-    def record(rec: VerificationRecord, transport: Transport, peer: Peer) -> None:
-        records.append(rec)
+    def verify_cached(request: VerificationRequest, at: datetime) -> VerificationResult:
+        assert cached is not None
+        result = cached(request, at)  # WouldBlock: not counted, the pool verifies it
+        on_loop.append(threading.current_thread().name)
+        return result
+
+    def record(answered: Answered) -> None:
+        records.append(answered.record)
 
     server = SipVerificationServer(
         core or SipServerCore(),
         verify,
+        verify_cached=verify_cached if cached is not None else None,
         metrics=Metrics(),
         limits=limits,
         clock=lambda: FIXTURE_AT,
-        on_record=record,
+        on_answer=record,
+        outputs_full=outputs_full,
     )
     bound = asyncio.run_coroutine_threadsafe(server.start(LOCAL), loop).result(TIMEOUT_S)
     harness = Harness(
@@ -119,6 +135,8 @@ def running(
         (bound[1].host, bound[1].port),
         calls,
         records,
+        on_loop,
+        thread.name,
     )
     try:
         yield harness
@@ -208,8 +226,31 @@ UDP_CASES = [
 ]
 
 
-def test_udp_fixture_calls(verifier: Verifier, sock: socket.socket) -> None:
-    with running(verifier) as h:
+@contextmanager
+def loop_verifier(clock: Callable[[], float] = time.time) -> Iterator[Verifier]:
+    """A verifier of its own (a cold certificate cache, ``clock`` its clock) that can also
+    verify on the event loop (``loop_safe``)."""
+    with build_verifier(fixture_config(), clock=clock) as built:
+        yield loop_safe(built, clock=clock)
+
+
+@contextmanager
+def verifier_for(mode: str, shared: Verifier) -> Iterator[Verifier]:
+    """``pool``: the module's verifier (every call in the pool); ``loop``: warm calls on the
+    event loop."""
+    if mode == "pool":
+        yield shared
+    else:
+        with loop_verifier() as built:
+            yield built
+
+
+MODES = ["pool", "loop"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_fixture_calls(verifier: Verifier, sock: socket.socket, mode: str) -> None:
+    with verifier_for(mode, verifier) as chosen, running(chosen) as h:
         for name, status, verstat, reasons in UDP_CASES:
             sock.sendto(fixture_call(name), h.udp)
             response, provisional = final_udp(sock)
@@ -223,6 +264,54 @@ def test_udp_fixture_calls(verifier: Verifier, sock: socket.socket) -> None:
         invites = {"transport": "udp", "method": "INVITE"}
         assert metrics.value("stirscope_sip_requests_total", invites) == len(UDP_CASES)
         assert metrics.value("stirscope_sip_responses_total", {"status": "302"}) == len(UDP_CASES)
+        # On the loop: tampered (alpha's x5u, cached by alpha_a) and unsigned (nothing to fetch);
+        # alpha_a and charlie_c named an x5u not cached yet, so the pool fetched it.
+        assert h.server.answered_on_loop == (2 if mode == "loop" else 0)
+        assert set(h.on_loop) <= {h.loop_thread}
+
+
+def test_warm_calls_are_answered_on_the_loop(sock: socket.socket) -> None:
+    """A call whose certificate and CRLs are cached is verified on the event loop (no 100
+    Trying, no thread); once the cache lets them expire the pool fetches again (100 at once),
+    and the answers are the same either way. RFC 3261 section 17.2.1."""
+    now = [FIXTURE_AT.timestamp()]
+    with loop_verifier(clock=lambda: now[0]) as chosen, running(chosen) as h:
+        data = fixture_call("alpha_a")
+        sock.sendto(data, h.udp)
+        pooled, provisional = final_udp(sock)
+        assert (provisional, len(h.calls), h.on_loop) == ([100], 1, [])
+        for n in range(3):
+            sock.sendto(with_branch(data, f"z9hG4bK-warm{n}"), h.udp)
+            answer, provisional = final_udp(sock)
+            assert provisional == []
+            assert answer.headers.get("contact") == pooled.headers.get("contact")
+            assert answer.headers.get_all("p-asserted-identity") == pooled.headers.get_all(
+                "p-asserted-identity"
+            )
+        assert (len(h.calls), h.on_loop) == (1, [h.loop_thread] * 3)
+        assert h.server.answered_on_loop == 3
+        now[0] += 2 * 86_400  # past the cache's lifetime (24 h floor, STANDARDS.md 6.2)
+        sock.sendto(with_branch(data, "z9hG4bK-expired"), h.udp)
+        assert final_udp(sock)[1] == [100]
+        sock.sendto(with_branch(data, "z9hG4bK-rewarmed"), h.udp)
+        assert final_udp(sock)[1] == []
+        assert (len(h.calls), h.server.answered_on_loop) == (2, 4)
+        assert [r.verstat.value for r in h.records] == ["TN-Validation-Passed"] * 6
+
+
+def test_full_outputs_shed_invites(verifier: Verifier, sock: socket.socket) -> None:
+    """Outputs that cannot take more records (the results store behind): INVITEs get 503, so
+    no INVITE is answered without its record. RFC 3261 section 21.5.4."""
+    full = [True]
+    with running(verifier, outputs_full=lambda: full[0]) as h:
+        data = fixture_call("alpha_a")
+        sock.sendto(data, h.udp)
+        response = recv_response(sock)
+        assert (response.status, response.headers.get("retry-after")) == (503, "5")
+        full[0] = False
+        sock.sendto(with_branch(data, "z9hG4bK-room"), h.udp)
+        assert final_udp(sock)[0].status == 302
+        assert (h.server.shed, len(h.records), len(h.calls)) == (1, 1, 1)
 
 
 def test_udp_reject_policy(verifier: Verifier, sock: socket.socket) -> None:
@@ -383,11 +472,16 @@ def test_kernel_drops_are_counted(verifier: Verifier, sock: socket.socket) -> No
         assert read + drops <= 4000
 
 
-def test_udp_backlog_is_shed_not_left_to_age(verifier: Verifier, sock: socket.socket) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_backlog_is_shed_not_left_to_age(
+    verifier: Verifier, sock: socket.socket, mode: str
+) -> None:
     """INVITEs piled up in the kernel while the loop was stuck: some are answered 503 at once
-    instead of all waiting their turn; every one is answered."""
+    instead of all waiting their turn; every one is answered (verified in the pool, or on the
+    loop itself once the certificate is cached)."""
     count = 300
-    with running(verifier, limits=ServerLimits(queue_limit=10_000)) as h:
+    limits = ServerLimits(queue_limit=10_000)
+    with verifier_for(mode, verifier) as chosen, running(chosen, limits=limits) as h:
         sock.sendto(fixture_call("alpha_a"), h.udp)  # warm the certificate cache
         final_udp(sock)
         blocked = threading.Event()
@@ -412,6 +506,9 @@ def test_udp_backlog_is_shed_not_left_to_age(verifier: Verifier, sock: socket.so
                     statuses.append(response.status)
         assert set(statuses) == {302, 503}
         assert statuses.count(503) == h.server.shed
+        if mode == "loop":  # the pool verified the warm-up and charlie_c's first calls
+            assert h.server.answered_on_loop > 0
+            assert h.server.answered_on_loop + len(h.calls) - 1 == statuses.count(302)
 
 
 def test_tcp_backpressure_answers_everything(verifier: Verifier, sock: socket.socket) -> None:

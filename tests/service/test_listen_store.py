@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,30 @@ import pytest
 
 from analyzer.assess import assess_call
 from analyzer.calls import Call
+from analyzer.extract import request_from_message
 from analyzer.live import LivePipeline
+from analyzer.records import CallRecord, datetime_ns
+from analyzer.sipanswer import call_record_of
 from analyzer.storage import CallFilter, JobState, Store, StoreError
 from analyzer.traceback_replay import ReplayKind
 from analyzer.verifying import build_verifier
 from service.listen_sip import Endpoint
-from service.listen_store import LiveStore
+from service.listen_store import MAX_PENDING_CALLS, LiveStore
 from service.live_feed import ReplayWatch, flag_record
 from shaken.verifier import Verifier
+from sip import Request, Response, parse_message
 from tests.conftest import ROOT
 from tests.service.api_client import serve_in_process
 from tests.service.hep_packets import NS, dialog_hep, heartbeat, ts_ns
-from tests.service.invites import CERTS, FIXTURE_AT, TRUST, fixture_call, fixture_config
+from tests.service.invites import (
+    CERTS,
+    FIXTURE_AT,
+    TRUST,
+    fixture_call,
+    fixture_config,
+    fresh_invite,
+    with_branch,
+)
 from tests.service.jobs_support import auth, jobs_config
 
 TIMEOUT_S = 20.0
@@ -174,6 +187,157 @@ def test_listen_db_postgres(pg_url: str) -> None:
     check_session(pg_url, job_id)
 
 
+# -- the SIP verification server's answers ---------------------------------------------------
+
+
+def start_sip_listen(url: str) -> tuple[subprocess.Popen[str], Endpoint, str]:
+    """``stirscope listen --sip udp --db URL`` in a child; returns it, the SIP endpoint and
+    the job id it printed."""
+    args = ["--sip", "udp:127.0.0.1:0", "--db", url, "--trust", str(TRUST), "--certs", str(CERTS)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "listen", *args],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    sip: Endpoint | None = None
+    while True:
+        words = proc.stderr.readline().split()
+        if not words:
+            proc.kill()
+            raise AssertionError(f"listen exited early: {proc.communicate()[1]}")
+        if words[2:3] == ["sip"]:
+            sip = Endpoint.parse(words[3])
+        elif words[2:4] == ["db", "job"]:
+            assert sip is not None
+            return proc, sip, words[4]
+
+
+def answer_status(sock: socket.socket) -> int:
+    """The status of the next final response on ``sock`` (100 Trying skipped)."""
+    while True:
+        response = parse_message(sock.recv(65535))
+        assert isinstance(response, Response)
+        if response.status >= 200:
+            return response.status
+
+
+def sip_session(url: str) -> tuple[str, str, subprocess.CompletedProcess[str]]:
+    """Three INVITEs to the SIP server: a valid one, the same PASSporT on another Call-ID (a
+    replay) and one with a broken signature; checks they are stored while the server runs.
+    Returns the job id, the client's address and the finished process."""
+    proc, sip, job_id = start_sip_listen(url)
+    try:
+        signed = fresh_invite(datetime.now(UTC))
+        call_id = signed.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0]
+        signature = signed.split(b"Identity: ", 1)[1].split(b";", 1)[0].rsplit(b".", 1)[1]
+        tampered = signed.replace(signature, b"A" * len(signature)).replace(call_id, b"bad-1")
+        invites = [
+            signed,
+            with_branch(signed.replace(call_id, b"replayed-sip-1"), "z9hG4bK-replayed"),
+            with_branch(tampered, "z9hG4bK-tampered"),
+        ]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(TIMEOUT_S)
+            sock.bind(("127.0.0.1", 0))
+            client = sock.getsockname()
+            for invite in invites:
+                sock.sendto(invite, (sip.host, sip.port))
+                assert answer_status(sock) == 302
+        with Store.open(url) as store:
+            job = store.get_job(job_id)
+            assert job is not None
+            assert job.state is JobState.RUNNING
+            assert [i.name for i in job.inputs] == [f"sip:udp:{sip.host}:{sip.port}"]
+            wait_for(lambda: store.count_calls(CallFilter(job_id=job_id)) == 3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return job_id, f"{client[0]}:{client[1]}", done
+
+
+def check_sip_session(url: str, job_id: str, client: str) -> None:
+    with Store.open(url) as store:
+        job = store.get_job(job_id)
+        assert job is not None
+        assert (job.state, job.progress_calls, job.error) == (JobState.DONE, 3, None)
+        assert job.summary is not None
+        assert job.summary["calls"] == 3
+        assert job.summary["verstat"] == {"TN-Validation-Failed": 1, "TN-Validation-Passed": 2}
+        stored = list(store.iter_calls(CallFilter(job_id=job_id)))
+        calls = {c.call_id: c.record for c in stored if c.record is not None}
+        valid, replayed, tampered = (
+            calls[c.call_id] for c in sorted(stored, key=lambda c: c.start_ns)
+        )
+        for record in (valid, replayed, tampered):
+            assert record["source"] == "sip"
+            assert (record["final_status"], record["state"], record["end"]) == (
+                302, "rejected", "final_response",
+            )  # fmt: skip
+            assert record["src"] == client
+            assert [leg["final_status"] for leg in record["legs"]] == [302]
+            assert len(record["passports"]) == len(record["signatures"]) == 1
+        assert replayed["call_id"] == "replayed-sip-1"
+        assert (valid["verstat"], valid["signer"]["spc"], valid["attest"]) == (
+            "TN-Validation-Passed", "1234A", "A",
+        )  # fmt: skip
+        assert (valid["from"]["tn"], valid["to"]["tn"]) == ("12025550101", "12025550199")
+        assert valid["replay"] is None
+        flag = replayed["replay"]
+        assert flag is not None
+        assert ReplayKind.DIFFERENT_CALL_ID in flag["kinds"]
+        assert flag["first_call_id"] == valid["call_id"]
+        assert tampered["verstat"] == "TN-Validation-Failed"
+        assert tampered["passports"][0]["reason"] == "signature_invalid"
+        manifest = store.get_manifest(job_id)
+        assert manifest is not None
+        assert manifest["counts"]["store"] == {
+            "calls": 3, "anomalies_stored": 0, "anomalies_over_cap": 0, "dropped": 0,
+        }  # fmt: skip
+
+
+def test_a_sip_answer_is_the_call_analyze_would_record(verifier: Verifier) -> None:
+    """The call record of an answered INVITE says what `stirscope analyze` says of the same
+    INVITE seen in a capture (identities, verdict, PASSporTs, signer, signatures); only the
+    SIP outcome is the server's own (its answer, no frames)."""
+    call = one_call(verifier)
+    analyzed = assess_call(call, verifier)
+    invite = call.primary.invite.message
+    assert isinstance(invite, Request)
+    at = datetime_ns(AT_NS)
+    extracted = request_from_message(invite)
+    answered = call_record_of(
+        invite, extracted, at, verifier.verify(extracted, at=at), 302,
+        transport="udp", src="192.0.2.10:5060", dst="127.0.0.1:5060",
+        freshness_s=verifier.policy.freshness_s,
+    )  # fmt: skip
+    same = (
+        "call_id", "start_ns", "request_uri", "from_", "to", "pai", "date", "verstat",
+        "status_code", "reason", "at", "passports", "attest", "origid", "signer_spc",
+        "signer_org", "x5u", "observed_verstat", "signatures", "replay",
+    )  # fmt: skip
+    for name in same:
+        assert getattr(answered, name) == getattr(analyzed, name), name
+    assert (answered.final_status, answered.state, answered.frames) == (302, "rejected", ())
+    assert [leg.verstat for leg in answered.legs] == ["TN-Validation-Passed"]
+
+
+def test_listen_sip_db_stores_each_answer_as_a_call(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    job_id, client, done = sip_session(url)
+    assert done.returncode == 0, done.stderr
+    check_sip_session(url, job_id, client)
+
+
+def test_listen_sip_db_postgres(pg_url: str) -> None:
+    job_id, client, done = sip_session(pg_url)
+    assert done.returncode == 0, done.stderr
+    check_sip_session(pg_url, job_id, client)
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -240,6 +404,36 @@ def test_a_lost_lease_stops_storing(tmp_path: Path, verifier: Verifier) -> None:
         job = live.store.get_job(job_id)
         assert job is not None
         assert (job.state, job.error) == (JobState.FAILED, "taken over")
+    finally:
+        live.close()
+
+
+def test_deferred_calls_fill_the_store_then_the_flusher_builds_them(
+    tmp_path: Path, verifier: Verifier
+) -> None:
+    """The SIP server's answers: queued as recipes (never waiting), ``full`` past
+    ``MAX_PENDING_CALLS`` (the server sheds then), built and stored by the flusher; a recipe
+    that fails is counted as dropped, never the flusher's end."""
+    live = LiveStore.open(str(tmp_path / "store.db"))
+    try:
+        record = assess_call(one_call(verifier), verifier)
+
+        def broken() -> CallRecord:
+            raise RuntimeError("a bug in a recipe")
+
+        live.add_deferred_call(broken, "sip")
+        for _ in range(MAX_PENDING_CALLS - 1):
+            live.add_deferred_call(lambda: record, "sip")
+        assert live.full()
+        job_id = live.begin(["sip:udp:127.0.0.1:5060"], {"command": "listen"})
+        wait_for(lambda: live.store.count_calls(CallFilter(job_id=job_id)) > 0)
+        assert not live.full()
+        live.complete({})
+        assert live.store.count_calls(CallFilter(job_id=job_id)) == MAX_PENDING_CALLS - 1
+        assert live.counts() == {
+            "calls": MAX_PENDING_CALLS - 1, "anomalies_stored": 0, "anomalies_over_cap": 0,
+            "dropped": 1,
+        }  # fmt: skip
     finally:
         live.close()
 

@@ -343,6 +343,28 @@ def test_ack_gets_no_response(verify: CountingVerifier) -> None:
     assert core.stats.acks == 2
 
 
+@pytest.mark.parametrize(
+    ("data", "absorbed"),
+    [
+        (request("ACK"), True),
+        (request("ACK").replace(b"CSeq: 1 ACK\r\n", b""), True),  # nothing to answer anyway
+        (b"ACK sip:+12025550199@bravo.example SIP/2.0\r\n\r\n", True),
+        (b"ACK sip:+12025550199@bravo.example", False),  # no request line: parsed, unparseable
+        (b"ACK\r\n" + request("ACK"), False),  # not an ACK request line: parsed
+    ],
+    ids=["ack", "ack-without-cseq", "bare-ack", "cut-request-line", "garbage-first"],
+)
+def test_an_ack_is_absorbed_from_its_request_line(data: bytes, absorbed: bool) -> None:
+    """ACKs never get a response (RFC 3261 section 17.2.1): one that opens with an ACK
+    request line is absorbed without a parse (half of a busy server's datagrams); anything
+    else takes the parser and its usual decision, never a response."""
+    core = SipServerCore()
+    decision = core.receive(data, at=FIXTURE_AT)
+    assert decision.response is None
+    assert (decision.action is Action.ABSORB) == absorbed
+    assert core.stats.acks == core.stats.requests["ACK"] == (1 if absorbed else 0)
+
+
 def _cancel_for(invite: bytes) -> bytes:
     head = invite.split(b"\r\n\r\n", 1)[0]
     keep = [
