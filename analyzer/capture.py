@@ -54,7 +54,7 @@ def anomaly_to_json(item: AnyAnomaly) -> dict[str, object]:
     return out
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class ObservedMessage:
     """One SIP message as seen on the wire: the message plus where and when.
 
@@ -64,7 +64,10 @@ class ObservedMessage:
     ``encapsulation`` is ``"hep"`` when it was unwrapped from HEP. ``keys`` are the call
     correlation keys; ``message`` is the parsed message, parsed on first use when the value
     was made by ``scanned`` (the call tracker needs only the keys, and most messages are
-    never looked at again). ARCHITECTURE.md section 2.
+    never looked at again). A value: never changed once made (but for that parse, kept on
+    first use). Not a frozen dataclass only because one is made for every message of a
+    capture, and frozen construction (an ``object.__setattr__`` per field) cost six times a
+    plain one; equality and hashing are a frozen one's. ARCHITECTURE.md section 2.
     """
 
     raw: bytes
@@ -98,7 +101,7 @@ class ObservedMessage:
         encapsulation: str = "",
     ) -> ObservedMessage:  # fmt: skip
         """A message known by its bytes and keys (``sip.keys.scan_keys``), parsed on demand."""
-        obs = cls.__new__(cls)
+        obs = _new(cls)
         _fill(
             obs, raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
             encapsulation, None,
@@ -111,17 +114,32 @@ class ObservedMessage:
         parsed = self._parsed
         if parsed is None:
             # scan_keys vouched for it: parse_message does not raise on these bytes.
-            parsed = parse_message(self.raw)
-            object.__setattr__(self, "_parsed", parsed)
+            parsed = self._parsed = parse_message(self.raw)
         return parsed
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         # Worker processes get the raw bytes and parse them again when needed: cheaper to
         # pickle than the parsed message with its accessor cache, and parsing is deterministic.
-        return ObservedMessage.scanned, (
+        return _scanned, (
             self.raw, self.keys, self.ts_ns, self.frame, self.frames, self.src, self.sport,
             self.dst, self.dport, self.transport, self.source_file, self.encapsulation,
         )  # fmt: skip
+
+
+_new = object.__new__
+
+
+def _scanned(
+    raw: bytes, keys: MessageKeys, ts_ns: int, frame: int, frames: tuple[int, ...], src: str,
+    sport: int, dst: str, dport: int, transport: str, source_file: int, encapsulation: str,
+) -> ObservedMessage:  # fmt: skip
+    """``ObservedMessage.scanned`` for unpickling (a module function pickles by name once)."""
+    obs = _new(ObservedMessage)
+    _fill(
+        obs, raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
+        encapsulation, None,
+    )  # fmt: skip
+    return obs
 
 
 def _fill(
@@ -129,20 +147,19 @@ def _fill(
     frames: tuple[int, ...], src: str, sport: int, dst: str, dport: int, transport: str,
     source_file: int, encapsulation: str, parsed: Request | Response | None,
 ) -> None:  # fmt: skip
-    setattr_ = object.__setattr__
-    setattr_(obs, "raw", raw)
-    setattr_(obs, "keys", keys)
-    setattr_(obs, "ts_ns", ts_ns)
-    setattr_(obs, "frame", frame)
-    setattr_(obs, "frames", frames)
-    setattr_(obs, "src", src)
-    setattr_(obs, "sport", sport)
-    setattr_(obs, "dst", dst)
-    setattr_(obs, "dport", dport)
-    setattr_(obs, "transport", transport)
-    setattr_(obs, "source_file", source_file)
-    setattr_(obs, "encapsulation", encapsulation)
-    setattr_(obs, "_parsed", parsed)
+    obs.raw = raw
+    obs.keys = keys
+    obs.ts_ns = ts_ns
+    obs.frame = frame
+    obs.frames = frames
+    obs.src = src
+    obs.sport = sport
+    obs.dst = dst
+    obs.dport = dport
+    obs.transport = transport
+    obs.source_file = source_file
+    obs.encapsulation = encapsulation
+    obs._parsed = parsed
 
 
 @dataclass(slots=True)
@@ -171,19 +188,22 @@ class MessageReader:
     def feed(self, seg: Segment) -> list[ObservedMessage | Anomaly]:
         """Messages and anomalies completed by ``seg``."""
         self.segments += 1
-        if seg.transport == "tcp" and not seg.encapsulation:
+        transport = seg.transport
+        if transport == "tcp" and not seg.encapsulation:
             return self._stream(seg)
-        payload = seg.payload if type(seg.payload) is bytes else bytes(seg.payload)
+        payload = seg.payload
+        if type(payload) is not bytes:
+            payload = bytes(payload)
         keys = scan_keys(payload)
         if keys is not None:  # the common case: keys now, the full parse only if needed
             self.messages += 1
-            return [
-                ObservedMessage.scanned(
-                    payload, keys, seg.ts_ns, seg.frame, seg.frames or (seg.frame,), seg.src,
-                    seg.sport, seg.dst, seg.dport, seg.transport, seg.source_file,
-                    seg.encapsulation,
-                )
-            ]  # fmt: skip
+            obs = _new(ObservedMessage)
+            _fill(
+                obs, payload, keys, seg.ts_ns, seg.frame, seg.frames or (seg.frame,), seg.src,
+                seg.sport, seg.dst, seg.dport, transport, seg.source_file, seg.encapsulation,
+                None,
+            )  # fmt: skip
+            return [obs]
         try:
             message = parse_message(payload)
         except SipParseError as exc:

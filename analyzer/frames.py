@@ -20,7 +20,7 @@ TCP_PSH = 0x08
 TCP_ACK = 0x10
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Segment:
     """A transport payload seen on the wire.
 
@@ -33,6 +33,10 @@ class Segment:
     this chunk (the consumer must resync its framer) and ``end`` marks the end of the stream
     direction (FIN/RST/expiry). ``encapsulation`` is ``"hep"`` for packets unwrapped from HEP.
     ``source_file`` is the index of the input file when several captures are merged.
+
+    A value, never changed once made; not a frozen dataclass only because one is made for every
+    SIP packet of a capture and frozen construction (an ``object.__setattr__`` per field) cost
+    six times a plain one. Equality and hashing are a frozen one's.
 
     RFC 768 (UDP), RFC 9293 section 3.1 (TCP header).
     """

@@ -95,12 +95,23 @@ _HEP_V12_HEADER_LENGTHS = frozenset({16, 40})  # IPv4 / IPv6 fixed headers (STAN
 _MAYBE_FIRST_BYTES = _LETTERS | {1, 2, 10, 13}
 # The same as a table indexed by the first payload byte: 1 where neither can start.
 NOT_SIP_FIRST_BYTE = bytes(0 if b in _MAYBE_FIRST_BYTES else 1 for b in range(256))
-# The bytes of an Ethernet frame ``decode_record``'s first test reads, as a ``struct`` format
-# (after the 16-byte pcap record header, any byte order: single bytes only): EtherType (12,
-# 13), IPv4 version/IHL (14), flags/fragment offset (20, 21), protocol (23), first UDP
-# payload byte (42, after 14 + 20 + 8 header bytes). Capture readers use it to skip RTP.
-PLAIN_UDP_PROBE = "IIII12xBBB5xBBxB18xB"
-PLAIN_UDP_PROBE_LEN = 43
+# The bytes of an Ethernet frame ``decode_record``'s first test reads, so that capture readers
+# can apply it before building anything (analyzer/pcapwalk.py skips RTP with it): two 4-byte
+# words as (offset, mask, wanted bytes), whatever the byte order they are read in -- EtherType
+# IPv4 and IPv4 with a 20-byte header (bytes 12-14; not the TOS byte), then neither a fragment
+# offset nor More Fragments (bytes 20-21; DF may be set) and protocol UDP (byte 23; not the
+# TTL) -- and the first UDP payload byte (after 14 + 20 + 8 header bytes), which must then be
+# one NOT_SIP_FIRST_BYTE marks for the packet to be dropped.
+PLAIN_UDP_WORDS = (
+    (12, b"\xff\xff\xff\x00", bytes((0x08, 0x00, 0x45, 0x00))),
+    (20, b"\x3f\xff\x00\xff", bytes((0x00, 0x00, 0x00, IPPROTO_UDP))),
+)
+PLAIN_UDP_FIRST_BYTE = 42
+_WORD = struct.Struct("!I").unpack_from
+(_W1_AT, _W1_MASK, _W1_WANT), (_W2_AT, _W2_MASK, _W2_WANT) = (
+    (at, int.from_bytes(mask, "big"), int.from_bytes(want, "big"))
+    for at, mask, want in PLAIN_UDP_WORDS
+)
 
 ConnKey = tuple[str, int, str, int]
 _PORTS = struct.Struct("!HH").unpack_from
@@ -132,8 +143,8 @@ def looks_like_sip_or_hep(data: bytes, start: int, end: int) -> bool:
         if data.startswith(_HEP3, start):
             return True
         nl = data.find(b"\n", start, end)
-        line = data[start : nl if nl >= 0 else end]
-        return _SIP_VERSION in line or _SIP_VERSION in line.upper()
+        stop = nl if nl >= 0 else end
+        return data.find(_SIP_VERSION, start, stop) >= 0 or _SIP_VERSION in data[start:stop].upper()
     if first in (1, 2):
         return (
             end - start >= 16
@@ -205,16 +216,12 @@ class LinkDecoder:
             # Fast path for the bulk of a VoIP capture (RTP over Ethernet/IPv4/UDP, no IP
             # options, not a fragment): one look at the first payload byte decides.
             if (
-                len(data) > 42
-                and data[12] == 8
-                and data[13] == 0
-                and data[14] == 0x45
-                and data[23] == IPPROTO_UDP
-                and not data[20] & 0x3F
-                and not data[21]
+                len(data) > PLAIN_UDP_FIRST_BYTE
+                and _WORD(data, _W1_AT)[0] & _W1_MASK == _W1_WANT
+                and _WORD(data, _W2_AT)[0] & _W2_MASK == _W2_WANT
             ):
-                if NOT_SIP_FIRST_BYTE[data[42]]:
-                    return None  # keep in step with PLAIN_UDP_PROBE (the readers' skip)
+                if NOT_SIP_FIRST_BYTE[data[PLAIN_UDP_FIRST_BYTE]]:
+                    return None  # what the capture readers' prefilter skips
                 # Maybe SIP: what _ip would do for a 20-byte header, straight to UDP.
                 total = data[16] << 8 | data[17]
                 if not total:
@@ -403,7 +410,7 @@ class LinkDecoder:
         frames: tuple[int, ...],
     ) -> Segment | None:
         n = len(data)
-        if p + 8 > min(end, n):
+        if p + 8 > end or p + 8 > n:
             if p + 8 > end:
                 self._bad(frame, ts_ns, AnomalyKind.MALFORMED_PACKET, "short UDP header")
             return None
@@ -411,7 +418,7 @@ class LinkDecoder:
         uend = p + ulen if ulen >= 8 else end  # 0 in IPv6 jumbograms (RFC 2675)
         if uend > end:
             uend = end
-        if not looks_like_sip_or_hep(data, p + 8, min(uend, n)):
+        if not looks_like_sip_or_hep(data, p + 8, uend if uend < n else n):
             return None
         if uend > n:
             self._truncated(frame, ts_ns, "UDP datagram", uend - p, n - p)

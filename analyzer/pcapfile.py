@@ -1,15 +1,17 @@
 """Streaming capture readers: classic pcap, pcapng, gzip-compressed either, files or stdin.
 
-Theory of operation: the input is read in blocks of ``READ_BLOCK`` bytes and walked with
-``struct.unpack_from`` over the block, so memory stays bounded by the block size plus the
-largest record, whatever the file size (no whole-file load, no mmap: mapped pages count in
-RSS). Each record comes out as a plain tuple ``(frame_no, ts_ns, linktype, data, orig_len)``
-(no per-record object beyond the tuple and the data slice: RTP is most of a capture and most
-records are dropped by the link layer right after). ``frame_no`` is 1-based and counts every
-packet block in file order, as Wireshark does. A damaged tail (truncated record, corrupt
-block, broken gzip stream) ends the walk cleanly with one ``Anomaly`` after every record that
-could be read; a file that is not a capture at all raises ``NotACaptureError`` before anything
-is yielded.
+Theory of operation: ``CaptureReader`` detects the input's format from its first bytes and
+hands the rest to a record walk (analyzer/pcapwalk.py), which reads blocks of ``READ_BLOCK``
+bytes and walks them with ``struct.unpack_from``, so memory stays bounded by the block size
+plus the largest record, whatever the file size (no whole-file load, no mmap: mapped pages
+count in RSS). Each record comes out as a plain tuple ``(frame_no, ts_ns, linktype, data,
+orig_len)`` (no per-record object beyond the tuple and the data slice: RTP is most of a
+capture and most records are dropped by the link layer right after). ``frame_no`` is 1-based
+and counts every packet block in file order, as Wireshark does. A damaged tail (truncated
+record, corrupt block, broken gzip stream) ends the walk cleanly with one ``Anomaly`` after
+every record that could be read; a file that is not a capture at all raises
+``NotACaptureError`` before anything is yielded. ``iter_segments`` chains the readers, the link
+decoder, IP defragmentation, TCP reassembly and HEP unwrapping.
 """
 
 from __future__ import annotations
@@ -29,47 +31,69 @@ from analyzer.anomaly import Anomaly, AnomalyKind
 from analyzer.defrag import Defragmenter
 from analyzer.frames import Fragment, Segment
 from analyzer.hep import HEP3_MAGIC, HepError, HepStreamFramer, decode_hep, hep_to_segment, is_hep
-from analyzer.linklayer import (
-    IPPROTO_UDP,
-    LINKTYPE_ETHERNET,
-    NOT_SIP_FIRST_BYTE,
-    PLAIN_UDP_PROBE,
-    PLAIN_UDP_PROBE_LEN,
-    LinkDecoder,
+from analyzer.linklayer import LinkDecoder
+from analyzer.pcapwalk import (
+    DEFAULT_TSRESOL,
+    MAX_BLOCK_BYTES,
+    MAX_RECORD_BYTES,
+    NS_PER_S,
+    OPT_END,
+    OPT_IF_TSOFFSET,
+    OPT_IF_TSRESOL,
+    PCAP_HEADER_LEN,
+    PCAP_MAGIC_NS,
+    PCAP_MAGIC_US,
+    PCAPNG_BOM,
+    PCAPNG_BOM_BE,
+    PCAPNG_BOM_LE,
+    PCAPNG_EPB,
+    PCAPNG_IDB,
+    PCAPNG_OPB,
+    PCAPNG_SHB,
+    PCAPNG_SPB,
+    Record,
+    pcap_layout,
+    walk_pcap,
+    walk_pcapng,
 )
 from analyzer.tcpstream import FlowKey, StreamChunk, TcpReassembler
 
-Record = tuple[int, int, int, bytes, int]
-"""``(frame_no, ts_ns, linktype, data, orig_len)`` of one captured packet."""
+# The format constants and ``Record`` moved to analyzer.pcapwalk with the walks; they stay
+# importable from here.
+__all__ = [
+    "DEFAULT_TSRESOL",
+    "GZIP_MAGIC",
+    "MAX_BLOCK_BYTES",
+    "MAX_RECORD_BYTES",
+    "NS_PER_S",
+    "OPT_END",
+    "OPT_IF_TSOFFSET",
+    "OPT_IF_TSRESOL",
+    "PCAPNG_BOM",
+    "PCAPNG_EPB",
+    "PCAPNG_IDB",
+    "PCAPNG_OPB",
+    "PCAPNG_SHB",
+    "PCAPNG_SPB",
+    "PCAP_HEADER_LEN",
+    "PCAP_MAGIC_NS",
+    "PCAP_MAGIC_US",
+    "READ_BLOCK",
+    "CaptureReader",
+    "NotACaptureError",
+    "Record",
+    "Source",
+    "iter_segments",
+    "merge_records",
+    "open_capture",
+    "read_records",
+]
 
 Source = str | os.PathLike[str] | BinaryIO
 
 # Read size: large enough that the per-read cost vanishes, small enough to stay cache- and
 # RSS-friendly (ARCHITECTURE.md section 5: bounded memory, no whole-file load).
 READ_BLOCK = 1 << 20
-# Largest record we accept before calling the framing corrupt: libpcap's MAXIMUM_SNAPLEN is
-# 262144; Wireshark's largest (D-Bus) is 128 MiB. 64 MiB bounds memory on a corrupt length.
-MAX_RECORD_BYTES = 64 << 20
-# Largest pcapng block accepted (same reasoning as MAX_RECORD_BYTES plus block overhead).
-MAX_BLOCK_BYTES = MAX_RECORD_BYTES + 4096
-
-NS_PER_S = 1_000_000_000
-
-# Classic pcap magic numbers (libpcap pcap-savefile(5); draft-ietf-opsawg-pcap section 4).
-PCAP_MAGIC_US = 0xA1B2C3D4
-PCAP_MAGIC_NS = 0xA1B23C4D
-PCAP_HEADER_LEN = 24
-# pcapng block types and byte-order magic (draft-ietf-opsawg-pcapng sections 4.1-4.4, 11.1).
-PCAPNG_SHB = 0x0A0D0D0A
-PCAPNG_IDB = 0x00000001
-PCAPNG_OPB = 0x00000002  # obsolete Packet Block (appendix)
-PCAPNG_SPB = 0x00000003
-PCAPNG_EPB = 0x00000006
-PCAPNG_BOM = 0x1A2B3C4D
-OPT_END = 0
-OPT_IF_TSRESOL = 9
-OPT_IF_TSOFFSET = 14
-DEFAULT_TSRESOL = 6  # microseconds when if_tsresol is absent (pcapng section 4.2)
 GZIP_MAGIC = b"\x1f\x8b"
 
 _GZIP_ERRORS = (EOFError, OSError, zlib.error)
@@ -113,15 +137,6 @@ def _read_at_least(stream: _Readable, n: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
-
-
-def _ts_factor(code: int) -> tuple[int, int]:
-    """(multiplier, divisor) turning timestamp units into ns for an if_tsresol byte."""
-    if code & 0x80:  # negative power of two (pcapng section 4.2, if_tsresol)
-        return NS_PER_S, 1 << (code & 0x7F)
-    if code <= 9:
-        return 10 ** (9 - code), 1
-    return 1, 10 ** (code - 9)
 
 
 class CaptureReader:
@@ -173,7 +188,7 @@ class CaptureReader:
                 if len(head) < 12:
                     raise NotACaptureError("pcapng section header block is truncated")
                 bom = head[8:12]
-                if bom not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                if bom not in (PCAPNG_BOM_LE, PCAPNG_BOM_BE):
                     raise NotACaptureError("pcapng section header has no byte-order magic")
                 return "pcapng"
         raise NotACaptureError(
@@ -185,17 +200,26 @@ class CaptureReader:
         return self.walk()
 
     def walk(self, *, prefilter: bool = False) -> Iterator[Record | Anomaly]:
-        """The records in file order (what iteration gives). With ``prefilter``, records the
-        link decoder would drop at its first test are skipped before any object is built
-        (``linklayer.PLAIN_UDP_PROBE``: Ethernet/IPv4/UDP whose payload cannot start SIP or
-        HEP, i.e. RTP, most of a VoIP capture); frame numbers still count them.
+        """The records in file order (what iteration gives); the reader is closed when the
+        walk ends. With ``prefilter``, records the link decoder would drop at its first test
+        are skipped before any object is built (Ethernet/IPv4/UDP whose payload cannot start
+        SIP or HEP, i.e. RTP, most of a VoIP capture: ``analyzer.pcapwalk``); frame numbers
+        still count them.
 
         ARCHITECTURE.md section 5 (a record walk does ~2 M packets/s; decode only what can
         be SIP).
         """
+        return _closing(self._walk(prefilter), self)
+
+    def _walk(self, prefilter: bool) -> Iterator[Record | Anomaly]:
         if self.format == "pcap":
-            return _closing(self._walk_pcap(prefilter), self)
-        return _closing(self._walk_pcapng(prefilter), self)
+            return walk_pcap(
+                self._read, self._head, PCAP_HEADER_LEN, pcap_layout(self._head),
+                source_file=self.source_file, prefilter=prefilter,
+            )  # fmt: skip
+        return walk_pcapng(
+            self._read, self._head, 0, source_file=self.source_file, prefilter=prefilter
+        )
 
     def close(self) -> None:
         """Close the file if this reader opened it (never closes a caller's stream)."""
@@ -221,179 +245,6 @@ class CaptureReader:
                 AnomalyKind.TRUNCATED_CAPTURE, None, None, f"compressed stream: {exc}",
                 self.source_file,
             )  # fmt: skip
-
-    def _anomaly(self, kind: AnomalyKind, frame: int, ts: int | None, detail: str) -> Anomaly:
-        return Anomaly(kind, frame, ts, detail, self.source_file)
-
-    def _walk_pcap(self, prefilter: bool) -> Iterator[Record | Anomaly]:
-        buf = self._head
-        e = "<" if struct.unpack_from("<I", buf)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
-        magic, _vmaj, _vmin, _zone, _sigfigs, _snaplen, network = struct.unpack_from(
-            e + "IHHiIII", buf
-        )
-        mult = 1 if magic == PCAP_MAGIC_NS else 1000
-        linktype = network & 0xFFFF  # upper bits carry FCS length (pcap section 4)
-        unpack = struct.Struct(e + "IIII").unpack_from
-        # Record header plus the bytes the link decoder's first test reads (linklayer).
-        probe = struct.Struct(e + PLAIN_UDP_PROBE).unpack_from
-        probe_len = 16 + PLAIN_UDP_PROBE_LEN
-        not_sip = NOT_SIP_FIRST_BYTE
-        prefilter = prefilter and linktype == LINKTYPE_ETHERNET
-        pos, frame, last_ts = PCAP_HEADER_LEN, 0, None
-        while True:
-            n = len(buf)
-            while pos + 16 <= n:
-                if prefilter and pos + probe_len <= n:
-                    sec, frac, incl, orig, et0, et1, vihl, fr0, fr1, proto, first = probe(buf, pos)
-                    end = pos + 16 + incl
-                    if (
-                        not_sip[first]
-                        and proto == IPPROTO_UDP
-                        and vihl == 0x45
-                        and et0 == 8
-                        and not et1
-                        and incl > PLAIN_UDP_PROBE_LEN - 1
-                        and end <= n
-                        and not fr0 & 0x3F
-                        and not fr1
-                    ):
-                        frame += 1
-                        last_ts = sec * NS_PER_S + frac * mult
-                        pos = end
-                        continue
-                else:
-                    sec, frac, incl, orig = unpack(buf, pos)
-                    end = pos + 16 + incl
-                if end > n:
-                    if incl > MAX_RECORD_BYTES:
-                        yield self._anomaly(
-                            AnomalyKind.CORRUPT_BLOCK, frame + 1, last_ts,
-                            f"record header claims {incl} captured bytes",
-                        )  # fmt: skip
-                        return
-                    break
-                frame += 1
-                last_ts = sec * NS_PER_S + frac * mult
-                yield (frame, last_ts, linktype, buf[pos + 16 : end], orig)
-                pos = end
-            more = self._read()
-            if isinstance(more, Anomaly):
-                yield more
-                return
-            if not more:
-                if pos < n:
-                    yield self._anomaly(
-                        AnomalyKind.TRUNCATED_RECORD, frame + 1, last_ts,
-                        f"capture ends inside a record ({n - pos} bytes left over)",
-                    )  # fmt: skip
-                return
-            buf = buf[pos:] + more
-            pos = 0
-
-    def _walk_pcapng(self, prefilter: bool) -> Iterator[Record | Anomaly]:
-        buf = self._head
-        pos, frame = 0, 0
-        last_ts: int | None = None
-        e = "<"
-        # Per interface: (linktype, multiplier, divisor, offset_ns, snaplen).
-        ifaces: list[tuple[int, int, int, int, int]] = []
-        while True:
-            n = len(buf)
-            while pos + 12 <= n:
-                btype = struct.unpack_from(e + "I", buf, pos)[0]
-                if btype == PCAPNG_SHB:
-                    bom = buf[pos + 8 : pos + 12]
-                    e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">" if len(bom) == 4 else e
-                    if bom not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
-                        yield self._anomaly(
-                            AnomalyKind.CORRUPT_BLOCK, frame + 1, last_ts,
-                            "section header without byte-order magic",
-                        )  # fmt: skip
-                        return
-                blen = struct.unpack_from(e + "I", buf, pos + 4)[0]
-                if blen < 12 or blen % 4 or blen > MAX_BLOCK_BYTES:
-                    yield self._anomaly(
-                        AnomalyKind.CORRUPT_BLOCK, frame + 1, last_ts,
-                        f"block type {btype:#x} has invalid length {blen}",
-                    )  # fmt: skip
-                    return
-                end = pos + blen
-                if end > n:
-                    break
-                if struct.unpack_from(e + "I", buf, end - 4)[0] != blen:
-                    yield self._anomaly(
-                        AnomalyKind.CORRUPT_BLOCK, frame + 1, last_ts,
-                        f"block type {btype:#x}: trailing length differs from {blen}",
-                    )  # fmt: skip
-                    return
-                if btype in (PCAPNG_EPB, PCAPNG_OPB):
-                    frame += 1
-                    if btype == PCAPNG_EPB:
-                        iface, hi, lo, caplen, orig = struct.unpack_from(e + "IIIII", buf, pos + 8)
-                    else:
-                        iface, _drops, hi, lo, caplen, orig = struct.unpack_from(
-                            e + "HHIIII", buf, pos + 8
-                        )
-                    if iface >= len(ifaces) or 28 + caplen + 4 > blen:
-                        yield self._anomaly(
-                            AnomalyKind.CORRUPT_BLOCK, frame, last_ts,
-                            f"packet block: interface {iface} / length {caplen} invalid",
-                        )  # fmt: skip
-                    else:
-                        lt, mul, div, off, _snap = ifaces[iface]
-                        last_ts = ((hi << 32) | lo) * mul // div + off
-                        yield (frame, last_ts, lt, buf[pos + 28 : pos + 28 + caplen], orig)
-                elif btype == PCAPNG_SPB:
-                    frame += 1
-                    if not ifaces or blen < 16:
-                        yield self._anomaly(
-                            AnomalyKind.CORRUPT_BLOCK, frame, last_ts,
-                            "simple packet block without an interface",
-                        )  # fmt: skip
-                    else:
-                        orig = struct.unpack_from(e + "I", buf, pos + 8)[0]
-                        lt, _mul, _div, _off, snap = ifaces[0]
-                        caplen = min(orig, blen - 16, snap or orig)
-                        # An SPB has no timestamp: it inherits the previous packet's time
-                        # (pcapng section 4.4 leaves it unspecified; 0 before any packet).
-                        yield (frame, last_ts or 0, lt, buf[pos + 12 : pos + 12 + caplen], orig)
-                elif btype == PCAPNG_IDB:
-                    ifaces.append(self._interface(buf, pos, end, e))
-                elif btype == PCAPNG_SHB:
-                    ifaces = []  # interface ids are per section (pcapng section 4.1)
-                pos = end
-            more = self._read()
-            if isinstance(more, Anomaly):
-                yield more
-                return
-            if not more:
-                if pos < n:
-                    yield self._anomaly(
-                        AnomalyKind.TRUNCATED_RECORD, frame + 1, last_ts,
-                        f"capture ends inside a block ({n - pos} bytes left over)",
-                    )  # fmt: skip
-                return
-            buf = buf[pos:] + more
-            pos = 0
-
-    @staticmethod
-    def _interface(buf: bytes, pos: int, end: int, e: str) -> tuple[int, int, int, int, int]:
-        """Decode an Interface Description Block (pcapng section 4.2)."""
-        linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", buf, pos + 8)
-        tsresol, offset_s = DEFAULT_TSRESOL, 0
-        opt, limit = pos + 16, end - 4
-        while opt + 4 <= limit:
-            code, olen = struct.unpack_from(e + "HH", buf, opt)
-            if code == OPT_END:
-                break
-            value = buf[opt + 4 : opt + 4 + olen]
-            if code == OPT_IF_TSRESOL and olen >= 1:
-                tsresol = value[0]
-            elif code == OPT_IF_TSOFFSET and olen >= 8:
-                offset_s = struct.unpack_from(e + "q", value)[0]
-            opt += 4 + olen + (-olen % 4)
-        mul, div = _ts_factor(tsresol)
-        return linktype, mul, div, offset_s * NS_PER_S, snaplen
 
 
 def _closing(walk: Iterator[Record | Anomaly], reader: CaptureReader) -> Iterator[Record | Anomaly]:
@@ -500,7 +351,7 @@ class _Pipeline:
             # One input: skip RTP in the record walk. Not when merging: a skipped record of
             # one file can change where the merge interleaves the others' (out-of-order
             # timestamps), so there every record goes through the decoder.
-            walk = self.readers[0].walk(prefilter=True)
+            walk = self.readers[0]._walk(prefilter=True)  # closed below, when the run ends
             pairs = zip(itertools.repeat(0), walk, strict=False)
         else:
             pairs = merge_records(self.readers)

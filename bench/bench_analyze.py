@@ -14,8 +14,12 @@ BYE and its 200, over UDP/Ethernet. Then times, side by side on the same file:
 Each runs as a child process; wall time, CPU time and peak RSS of the child and its workers
 (``wait4``) are reported with calls/s, MB/s and the ratios. The other tools are killed after
 ``BENCH_OTHER_LIMIT_S`` seconds (the ratio is then a lower bound). ``BENCH_FILE`` reuses a
-capture already generated with the same ``BENCH_CALLS``. Measurement only: it never fails on a
-number.
+capture already generated with the same ``BENCH_CALLS``; ``BENCH_CALLS=0`` skips these rows.
+
+Memory, opt-in: ``BENCH_LARGE_CALLS=100000`` then generates a capture of that many calls (about
+15 kB a call: ~1.5 GB, streamed to disk as it is made) and times one ``stirscope analyze
+--workers 2`` run on it: peak RSS is the number to watch (bounded memory whatever the capture
+size); the file is deleted right after. Measurement only: it never fails on a number.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from shaken.signing import shaken_payload, sign_passport  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "10000"))
+# Calls of the opt-in large capture (0: no large run); 100,000 calls is ~1.5 GB.
+LARGE_CALLS = int(os.environ.get("BENCH_LARGE_CALLS", "0"))
 # Runs of each stirscope row; the median is reported (a shared machine is noisy).
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 # Time limit for the other tools: tshark's time grows faster than linearly with the number
@@ -107,8 +113,10 @@ def _messages(call: int, epoch: int, identity: str) -> dict[str, bytes]:
     }
 
 
-def build(path: Path) -> tuple[int, int]:
-    """Write the capture; returns (packets, INVITEs)."""
+def build(path: Path, calls: int | None = None) -> tuple[int, int]:
+    """Write the capture of ``calls`` calls (default ``CALLS``), packet by packet (memory stays
+    flat whatever its size); returns (packets, INVITEs)."""
+    calls = CALLS if calls is None else calls
     cap = _load("gen_captures")
     vec = _load("gen_vectors")
     key = vec._key("alpha")
@@ -124,7 +132,7 @@ def build(path: Path) -> tuple[int, int]:
             ts += 1_000_000
             packets += 1
 
-        for call in range(CALLS):
+        for call in range(calls):
             epoch = ts // NS
             payload = shaken_payload(
                 attest="A", orig_tn="12025550101", dest_tns=["12025550199"], iat=epoch,
@@ -144,7 +152,7 @@ def build(path: Path) -> tuple[int, int]:
                 packets += 1
             sip(A, B, m["bye"])
             sip(B, A, m["bye200"])
-    return packets, CALLS
+    return packets, calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +186,40 @@ def timed(argv: list[str], limit_s: float | None = None) -> Run:
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
         out.seek(0)
-        lines = out.read().count(b"\n")
+        lines = sum(block.count(b"\n") for block in iter(lambda: out.read(1 << 20), b""))
     cpu = usage.ru_utime + usage.ru_stime
     return Run(seconds, cpu, usage.ru_maxrss // 1024, lines, timed_out)
 
 
 def main() -> int:
+    if CALLS:
+        side_by_side()
+    if LARGE_CALLS:
+        large()
+    return 0
+
+
+def large() -> None:
+    """One ``--workers 2`` run on a capture of ``LARGE_CALLS`` calls, for its peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "large.pcap"
+        t0 = time.perf_counter()
+        packets, invites = build(path, LARGE_CALLS)
+        size = path.stat().st_size
+        print(f"large capture: {invites} calls, {packets} packets, {size / 1e6:,.0f} MB, "
+              f"generated in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+        fixtures = ROOT / "fixtures"
+        argv = [sys.executable, "-m", "service.cli", "analyze", str(path), "--trust",
+                str(fixtures / "pki" / "trust"), "--certs", str(fixtures / "certs"),
+                "--format", "jsonl", "--workers", "2"]  # fmt: skip
+        print(f"{'':22} {'seconds':>8} {'cpu s':>7} {'calls/s':>9} {'MB/s':>7} {'peak MB':>8}"
+              "  output")  # fmt: skip
+        run = timed(argv)
+        path.unlink()  # before anything else: the disk may be small
+        _row("stirscope --workers 2", run, invites, size)
+
+
+def side_by_side() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         given = os.environ.get("BENCH_FILE")
         path = Path(given) if given else Path(tmp) / "bench.pcap"
@@ -244,7 +280,6 @@ def main() -> int:
                 ratio = run.seconds / results[mine[0]].seconds
                 more = "more than " if run.timed_out else ""
                 print(f"{mine[0]} is {more}{ratio:.1f}x faster than {name}")
-    return 0
 
 
 def _venv_tool(name: str) -> str | None:

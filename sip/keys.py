@@ -4,8 +4,9 @@ A call tracker sees every message of a capture but needs only a few values of ea
 line (method or status), Call-ID, CSeq, the To tag, the top Via branch and whether Identity
 is present. ``keys_of`` reads them from a parsed message; ``scan_keys`` reads them straight
 from the bytes at a fraction of the cost of ``parse_message``, and only for messages of the
-common, unremarkable shape: pure ASCII header block, CRLF line ends, no folding, no leading
-CRLF, a well-formed start line, within every size limit. For anything else it returns
+common, unremarkable shape: pure ASCII header block, CRLF line ends (a bare CR only outside
+the values it reads), no folding, no leading CRLF, a well-formed start line, within every size
+limit. For anything else it returns
 ``None`` and the caller parses in full. Contract (tested, fuzzed): when ``scan_keys(data)``
 returns keys, ``parse_message(data)`` succeeds and ``keys_of`` of it returns equal keys.
 
@@ -34,22 +35,37 @@ _MAX_SCANNED_HEAD = min(MAX_HEADER_LINE_BYTES, MAX_START_LINE_BYTES)
 _COMMON_METHODS = frozenset(
     {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO"}
 )
-# Lookup keys (sip.headers.header_key) of the headers the scan reads, and every spelling of
-# their names (long and compact forms, RFC 3261 section 7.3.3; RFC 8224 section 4 for ``y``).
+# Lookup keys (sip.headers.header_key) of the headers the scan reads.
 _CALL_ID, _CSEQ, _TO, _VIA, _IDENTITY = "call-id", "cseq", "to", "via", "identity"
+# Every spelling of their names: long and compact forms (RFC 3261 section 7.3.3; RFC 8224
+# section 4 for ``y``), lower case, plus the spellings seen on the wire, so that the common
+# case needs no ``str.lower`` per header.
 _SCANNED_KEYS = {
-    b"call-id": _CALL_ID, b"i": _CALL_ID, b"cseq": _CSEQ, b"to": _TO, b"t": _TO,
-    b"via": _VIA, b"v": _VIA, b"identity": _IDENTITY, b"y": _IDENTITY,
+    "call-id": _CALL_ID, "i": _CALL_ID, "cseq": _CSEQ, "to": _TO, "t": _TO,
+    "via": _VIA, "v": _VIA, "identity": _IDENTITY, "y": _IDENTITY,
+    "Call-ID": _CALL_ID, "Call-Id": _CALL_ID, "CALL-ID": _CALL_ID, "I": _CALL_ID,
+    "CSeq": _CSEQ, "Cseq": _CSEQ, "CSEQ": _CSEQ, "To": _TO, "TO": _TO, "T": _TO,
+    "Via": _VIA, "VIA": _VIA, "V": _VIA, "Identity": _IDENTITY, "IDENTITY": _IDENTITY,
+    "Y": _IDENTITY,
 }  # fmt: skip
-# One of those header lines: as ``parse_message`` splits it, the name is everything before
-# the first colon with trailing blanks dropped (any case), the value the rest, stripped. Only
-# applied to a header block with CRLF line ends and no bare CR, so ``[^\r]*`` is the line.
-# The third group catches a folded line (a line starting with SP or HTAB, RFC 3261 section
-# 7.3.1): the scan then gives up.
+# One of those header lines, searched in the header block decoded as text: as
+# ``parse_message`` splits it, the name is everything before the first colon with trailing
+# blanks dropped (any case), the value the rest, stripped. The scan only runs on a header
+# block whose line ends are all CRLF, so ``[^\r]*`` is the rest of the line unless a bare CR
+# ends it early: the third group catches that (the value would differ from the parser's).
+# The fourth group catches a folded line (a line starting with SP or HTAB, RFC 3261 section
+# 7.3.1). On either the scan gives up.
 _WANTED_LINE = re.compile(
-    rb"\r\n(?:(call-id|cseq|identity|via|to|i|t|v|y)[ \t]*:[ \t]*([^\r]*)|([ \t]))",
-    re.IGNORECASE,
+    r"\r\n(?:(call-id|cseq|identity|via|to|i|t|v|y)[ \t]*:[ \t]*([^\r]*)(\r(?!\n))?|([ \t]))",
+    re.IGNORECASE | re.ASCII,
 )
+
+# A line feed not preceded by CR: a bare LF line end (the parser then splits lines there too).
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+# A header block at most this long cannot hold more than ``MAX_HEADER_COUNT`` line breaks: it
+# has no empty line (it ends at the first) and does not start with one, so each line takes at
+# least one character besides its CRLF. Only longer blocks need their lines counted.
+_HEAD_WITHIN_HEADER_COUNT = 3 * MAX_HEADER_COUNT
 
 # Read from the raw header values (the typed accessors parse every Via and the full
 # name-addr, several times the cost): the branch of the first Via value (RFC 3261 section
@@ -90,9 +106,15 @@ class MessageKeys(NamedTuple):
         """Each Identity value separately, as ``Request.identity_values`` (RFC 8224 section 4)."""
         out: list[str] = []
         for index, line in enumerate(self.identity):
+            if "," not in line:  # one value: what split_identity_line gives, without its objects
+                out.append(line.strip())
+                continue
             values, _defects = split_identity_line(line, index, -1)
             out.extend(v.value for v in values)
         return tuple(out)
+
+
+_new_keys = tuple.__new__
 
 
 def branch_of(via: str | None) -> str:
@@ -102,7 +124,7 @@ def branch_of(via: str | None) -> str:
     """
     if not via:
         return ""
-    found = _BRANCH.search(via.split(",", 1)[0])
+    found = _BRANCH.search(via.partition(",")[0])
     return found.group(1) if found else ""
 
 
@@ -113,8 +135,7 @@ def tag_of(value: str | None) -> str | None:
     """
     if not value:
         return None
-    close = value.rfind(">")
-    found = _TAG.search(value, close + 1 if close >= 0 else 0)
+    found = _TAG.search(value, value.rfind(">") + 1)
     return found.group(1) if found else None
 
 
@@ -153,20 +174,20 @@ def scan_keys(data: bytes) -> MessageKeys | None:
     """
     if not data or len(data) > MAX_MESSAGE_BYTES or data[0] in (10, 13):
         return None
-    end = data.find(b"\r\n\r\n")
-    if end < 0 or end > _MAX_SCANNED_HEAD:
+    end = data.find(b"\r\n\r\n", 0, _MAX_SCANNED_HEAD + 4)
+    if end < 0:
         return None
     head = data[:end]
-    lines_n = head.count(b"\n")
-    if (
-        lines_n > MAX_HEADER_COUNT
-        or head.count(b"\r\n") != lines_n  # a bare LF line end
-        or head.count(b"\r") != lines_n  # a CR inside a line
-        or not head.isascii()
-    ):
+    # Pure ASCII with no bare LF line end: then the text is the bytes and the parser splits
+    # the lines where the scan does. A bare CR is harmless outside the values read here
+    # (caught by the pattern).
+    if not head.isascii() or _BARE_LF.search(head) is not None:
         return None
-    eol = head.find(b"\r\n")
-    first = (head[:eol] if eol >= 0 else head).decode("ascii")
+    if end > _HEAD_WITHIN_HEADER_COUNT and head.count(b"\n") > MAX_HEADER_COUNT:
+        return None
+    text = head.decode("ascii")
+    eol = text.find("\r\n")
+    first = text[:eol] if eol >= 0 else text
     method: str | None = None
     status: int | None = None
     if first.startswith("SIP/"):
@@ -184,24 +205,27 @@ def scan_keys(data: bytes) -> MessageKeys | None:
             return None
     call_id = cseq = to = via = None
     identity: list[str] = []
-    for name, value, fold in _WANTED_LINE.findall(head):
-        if fold:
+    names = _SCANNED_KEYS
+    for name, value, bare_cr, fold in _WANTED_LINE.findall(text):
+        if bare_cr or fold:
             return None
-        key = _SCANNED_KEYS[name.lower()]
-        text = value.rstrip(b" \t").decode("ascii")
+        key = names.get(name) or names[name.lower()]
         if key is _IDENTITY:
-            identity.append(text)
+            identity.append(value.rstrip(" \t"))
         elif key is _CALL_ID:
             if call_id is None:
-                call_id = text
+                call_id = value.rstrip(" \t")
         elif key is _CSEQ:
             if cseq is None:
-                cseq = text
+                cseq = value.rstrip(" \t")
         elif key is _TO:
             if to is None:
-                to = text
+                to = value.rstrip(" \t")
         elif via is None:
-            via = text
-    return MessageKeys(
-        method, status, call_id, cseq_of(cseq), tag_of(to), branch_of(via), tuple(identity)
+            via = value.rstrip(" \t")
+    # ``tuple.__new__`` straight away: the named tuple's own ``__new__`` is a Python-level
+    # call, a visible share of the scan's cost on every message of a capture.
+    return _new_keys(
+        MessageKeys,
+        (method, status, call_id, cseq_of(cseq), tag_of(to), branch_of(via), tuple(identity)),
     )

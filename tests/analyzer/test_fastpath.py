@@ -11,10 +11,9 @@
 from __future__ import annotations
 
 import io
-import itertools
 import pickle
-import struct
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -43,7 +42,7 @@ def _udp_frame(payload: bytes, **ip: object) -> bytes:
 
 
 def _edge_frames() -> list[bytes]:
-    """Frames around every condition of the prefilter's test (linklayer.PLAIN_UDP_PROBE)."""
+    """Frames around every condition of the prefilter's test (linklayer.PLAIN_UDP_WORDS)."""
     rtp = gen.rtp(1, 160)
     return [
         _udp_frame(rtp),  # plain RTP: skipped
@@ -66,12 +65,38 @@ def _edge_frames() -> list[bytes]:
     ]
 
 
-def _pcap(frames: list[bytes]) -> bytes:
+def _pcap(frames: list[bytes], *, big_endian: bool = False) -> bytes:
     out = io.BytesIO()
-    writer = gen.PcapWriter(out, gen.LINKTYPE_ETHERNET)
+    writer = gen.PcapWriter(out, gen.LINKTYPE_ETHERNET, big_endian=big_endian)
     for i, frame in enumerate(frames):
         writer.write(1_768_478_400 * NS + i * 1000, frame)
     return out.getvalue()
+
+
+def _pcapng(frames: list[bytes]) -> bytes:
+    """Two sections of different byte orders, each with an Ethernet interface and a raw-IP one
+    (whose frames the prefilter must leave alone), Simple Packet Blocks among the EPBs (their
+    time is the previous packet's, maybe a skipped one)."""
+    out = io.BytesIO()
+    half = len(frames) // 2
+    for section, big_endian in ((frames[:half], False), (frames[half:], True)):
+        writer = gen.PcapngWriter(out, big_endian=big_endian)
+        eth = writer.add_interface(gen.LINKTYPE_ETHERNET, tsresol=9)
+        raw = writer.add_interface(101)
+        for i, frame in enumerate(section):
+            writer.write(eth, 1_768_478_400 * NS + i * 1000, frame)
+            if i % 5 == 4:
+                writer.write_simple(frame)
+            if i % 7 == 6:
+                writer.write(raw, 1_768_478_400 * NS + i * 1000 + 1, frame[14:])
+    return out.getvalue()
+
+
+CONTAINERS = {
+    "pcap": _pcap,
+    "pcap-big-endian": lambda frames: _pcap(frames, big_endian=True),
+    "pcapng": _pcapng,
+}
 
 
 def _records(data: bytes, prefilter: bool) -> list[tuple[int, int, int, bytes, int]]:
@@ -79,23 +104,28 @@ def _records(data: bytes, prefilter: bool) -> list[tuple[int, int, int, bytes, i
     return [r for r in walked if isinstance(r, tuple)]
 
 
+@pytest.mark.parametrize("container", CONTAINERS)
 @pytest.mark.parametrize("chunked", [False, True], ids=["whole", "split-across-reads"])
 def test_prefilter_skips_only_what_the_decoder_drops_silently(
-    chunked: bool, monkeypatch: pytest.MonkeyPatch
+    container: str, chunked: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if chunked:  # records straddle every read boundary
         monkeypatch.setattr("analyzer.pcapfile.READ_BLOCK", 37)
     frames = _edge_frames() * 3
-    data = _pcap(frames)
+    data = CONTAINERS[container](frames)
     every = _records(data, prefilter=False)
     kept = _records(data, prefilter=True)
-    assert [r[0] for r in every] == list(range(1, len(frames) + 1))
-    assert set(kept) <= set(every)
+    assert [r[0] for r in every] == list(range(1, len(every) + 1))
+    assert set(kept) <= set(every)  # same frame numbers, times (SPBs too) and bytes
     skipped = [r for r in every if r not in kept]
     # Per round: RTP, STUN, DF-only RTP, bad total length (the decoder's first test never
     # reads it either), the empty payload and the 43-byte frame.
     per_round = len(frames) // 3
-    assert sorted((r[0] - 1) % per_round for r in skipped) == sorted([0, 2, 8, 9, 10, 15] * 3)
+    expected = [0, 2, 8, 9, 10, 15] * 3
+    if container == "pcap":
+        assert sorted((r[0] - 1) % per_round for r in skipped) == sorted(expected)
+    else:
+        assert len(skipped) == len(expected)  # SPBs and raw-IP packets are never skipped
     for frame, ts_ns, linktype, record, _orig in skipped:
         decoder = LinkDecoder()
         assert decoder.decode_record(frame, ts_ns, linktype, record) is None
@@ -103,14 +133,17 @@ def test_prefilter_skips_only_what_the_decoder_drops_silently(
         assert decoder.released == []
 
 
-def test_prefilter_keeps_frame_numbers_and_truncation_report() -> None:
-    data = _pcap([_udp_frame(gen.rtp(i, i)) for i in range(5)] + [_udp_frame(INVITE)])
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_prefilter_keeps_frame_numbers_and_truncation_report(container: str) -> None:
+    frames = [_udp_frame(gen.rtp(i, i)) for i in range(5)] + [_udp_frame(INVITE)]
+    data = CONTAINERS[container](frames[:1] + frames)  # pcapng: one section of each order
     walked = list(CaptureReader(io.BytesIO(data[:-10])).walk(prefilter=True))
-    assert len(walked) == 1  # the INVITE record is cut: only the truncation anomaly remains
-    anomaly = walked[0]
+    anomaly = walked[-1]
     assert not isinstance(anomaly, tuple)
-    assert anomaly.frame == 6
-    assert anomaly.ts_ns == 1_768_478_400 * NS + 4 * 1000  # the last (skipped) record's time
+    assert [r for r in walked[:-1] if isinstance(r, tuple) and r[3] == frames[-1]] == []
+    every = _records(data[:-10], prefilter=False)
+    assert anomaly.frame == every[-1][0] + 1  # the INVITE record is cut: only the anomaly
+    assert anomaly.ts_ns == every[-1][1]  # the last (skipped) record's time
 
 
 def _empty_pcap() -> io.BytesIO:
@@ -185,14 +218,32 @@ def test_worker_pool_writes_the_same_bytes_as_one_process(
     assert single.count(b"\n") == 13
 
 
-def test_edge_capture_header_layout() -> None:
-    # The probe format reads single bytes only, so it is byte-order independent; check it
-    # against a frame's known offsets once.
-    from analyzer.linklayer import PLAIN_UDP_PROBE, PLAIN_UDP_PROBE_LEN
+def _plain(frame: bytes, order: Literal["little", "big"]) -> bool:
+    from analyzer.linklayer import PLAIN_UDP_WORDS
 
-    probe = struct.Struct("<" + PLAIN_UDP_PROBE)
-    assert probe.size == 16 + PLAIN_UDP_PROBE_LEN
-    frame = _udp_frame(b"\x80" + bytes(range(1, 20)))
-    fields = probe.unpack_from(bytes(16) + frame)
-    assert fields[4:] == (8, 0, 0x45, frame[20], frame[21], 17, 0x80)
-    assert list(itertools.islice(fields, 4)) == [0, 0, 0, 0]
+    return all(
+        int.from_bytes(frame[at : at + 4], order) & int.from_bytes(mask, order)
+        == int.from_bytes(want, order)
+        for at, mask, want in PLAIN_UDP_WORDS
+    )
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_prefilter_words_select_the_decoders_bytes(order: Literal["little", "big"]) -> None:
+    # The prefilter reads two 32-bit words in the capture's byte order; masked, they must
+    # test exactly what decode_record's first test does, whatever that order.
+    from analyzer.linklayer import PLAIN_UDP_FIRST_BYTE
+
+    rtp = gen.rtp(1, 160)
+    frame = _udp_frame(rtp)
+    assert frame[PLAIN_UDP_FIRST_BYTE] == rtp[0]
+    assert _plain(frame, order)
+    assert _plain(_udp_frame(rtp, frag=0x4000), order)  # DF only
+    other = bytearray(frame)
+    other[15], other[22] = 0xB8, 1  # TOS and TTL: outside the masks
+    assert _plain(bytes(other), order)
+    assert not _plain(_udp_frame(rtp, frag=0x2000), order)  # MF
+    assert not _plain(_udp_frame(rtp, frag=0x0001), order)  # fragment offset
+    assert not _plain(_udp_frame(rtp, options=b"\x01\x01\x01\x01"), order)  # IHL 6
+    assert not _plain(gen.ethernet(0x0800, gen.ipv4(A4, B4, 6, b"\x80" * 40)), order)  # TCP
+    assert not _plain(gen.ethernet(0x86DD, bytes(60)), order)  # IPv6

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from sip import SipParseError, parse_message
 from sip.keys import MessageKeys, keys_of, scan_keys
+from sip.limits import MAX_HEADER_COUNT
 from tests.sip.conftest import SIP_FIXTURES, crlf
 
 INVITE = crlf(
@@ -95,9 +96,26 @@ def test_keys_of_plain_messages(data: bytes, expected: MessageKeys) -> None:
 @pytest.mark.parametrize(
     "data",
     [
+        pytest.param(
+            INVITE.replace(b"Content-Length", b"X-Note: a\rb\r\nContent-Length"),
+            id="bare-cr-in-another-header",
+        ),
+        pytest.param(INVITE.replace(b"sip:+1202", b"sip:+1\r202", 1), id="bare-cr-in-uri"),
+    ],
+)
+def test_bare_cr_outside_the_keys_is_scanned(data: bytes) -> None:
+    assert _agrees(data) is not None  # no effect on the keys: the fast path takes it
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
         pytest.param(INVITE.replace(b"\r\n", b"\n"), id="lf-only"),
         pytest.param(INVITE.replace(b"CSeq: 1", b"CSeq:\r\n 1"), id="folded-cseq"),
         pytest.param(INVITE.replace(b"Call-ID: abc", b"Call-ID: a\rbc"), id="bare-cr"),
+        pytest.param(INVITE.replace(b"tag=inuri>", b"tag=inuri>\r"), id="bare-cr-ending-to"),
+        pytest.param(INVITE.replace(b"z9hG4bK-7", b"z9hG4bK-7\r "), id="bare-cr-in-via"),
+        pytest.param(INVITE.replace(b"\r\nCSeq", b"\nCSeq"), id="one-bare-lf"),
         pytest.param(INVITE.replace(b"To: <", b"To: \xc3\xa9 <"), id="non-ascii"),
         pytest.param(b"\r\n" + INVITE, id="leading-crlf"),
         pytest.param(INVITE[: INVITE.index(b"\r\n\r\n")], id="no-blank-line"),
@@ -120,6 +138,17 @@ def test_keys_of_plain_messages(data: bytes, expected: MessageKeys) -> None:
 )
 def test_unusual_messages_are_left_to_the_parser(data: bytes) -> None:
     assert scan_keys(data) is None
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at-the-limit", "one-over"])
+def test_header_count_limit_of_short_lines(extra: int) -> None:
+    data = crlf("OPTIONS sip:b@x SIP/2.0\n" + "i:1\n" * (MAX_HEADER_COUNT + extra) + "\n")
+    if extra:
+        with pytest.raises(SipParseError):
+            parse_message(data)
+        assert scan_keys(data) is None
+    else:
+        assert _agrees(data) == MessageKeys("OPTIONS", None, "1", None, None, "", ())
 
 
 def test_keys_of_parsed_message_equal_the_scan_on_fixtures() -> None:
@@ -155,6 +184,8 @@ _LINES = st.sampled_from(
         b"CSeq: 3",
         b"Identity: a.b.c;info=<https://x/y>",
         b"y: d.e.f, g.h.i",
+        b"Identity:  j.k.l ",
+        b"y:",
         b"From: <sip:a@x>;tag=f",
         b"Content-Length: 0",
         b"no colon here",
@@ -163,6 +194,9 @@ _LINES = st.sampled_from(
         b"\tfolded",
         b"X-\xff: non-ascii",
         b"Bad\rCR: x",
+        b"Call-ID: c4\rx",
+        b"t: <sip:b@x>;tag=t3\r",
+        b"X-Note: \r",
     ]
 )
 _STARTS = st.sampled_from(
@@ -197,6 +231,7 @@ def test_scan_agrees_with_parser_on_generated_messages(
         return
     keys = scan_keys(data)
     assert keys is None or keys == keys_of(parsed)
+    assert keys_of(parsed).identity_values == parsed.identity_values
 
 
 @settings(max_examples=300, deadline=None)
