@@ -193,10 +193,14 @@ class PendingChunk(Protocol):
 
 class ChunkPool(Protocol):
     """Verifies chunks of calls somewhere else (processes, a cluster); ``slots`` is how many
-    chunks it runs at once (``WINDOW_PER_WORKER`` times that are kept in flight)."""
+    chunks it runs at once (``WINDOW_PER_WORKER`` times that are kept in flight),
+    ``chunk_calls`` how many calls it takes per chunk."""
 
     @property
     def slots(self) -> int: ...
+
+    @property
+    def chunk_calls(self) -> int: ...
 
     def submit(
         self, chunk: list[Flagged], at_override: datetime | None, render: Render | None
@@ -214,6 +218,7 @@ class ProcessChunkPool:
 
     def __init__(self, config: VerifierConfig, workers: int) -> None:
         self.slots = workers
+        self.chunk_calls = CHUNK_CALLS
         self._pool = ProcessPoolExecutor(
             max_workers=workers, initializer=_init_worker, initargs=(config,)
         )
@@ -285,7 +290,7 @@ class AnalyzeJob:
     def _calls(self) -> Iterator[Call]:
         """Finished calls in emission order; anomalies are folded into the summary."""
         tracker = self.tracker
-        for item in messages_from_segments(self._segments, self._reader):
+        for item in self._items():
             if type(item) is ObservedMessage:
                 done = tracker.feed(item)
                 if tracker.anomalies:
@@ -296,11 +301,17 @@ class AnalyzeJob:
             else:
                 self._anomaly(item)  # type: ignore[arg-type]
         yield from tracker.flush()
+        self.stats.tracker = tracker.stats
+
+    def _items(self) -> Iterator[ObservedMessage | AnyAnomaly]:
+        """The scan: SIP messages and anomalies in capture order, here in this process
+        (``analyzer.cluster.PartitionedJob`` has workers scan); sets the scan counts of
+        ``stats`` and reads every input to its end (the manifest hashes)."""
+        yield from messages_from_segments(self._segments, self._reader)
         for reader in self.readers:
             reader.drain()
         self.stats.segments = self._reader.segments
         self.stats.sip_messages = self._reader.messages
-        self.stats.tracker = tracker.stats
 
     def records(self, progress: Callable[[int], None] | None = None) -> Iterator[CallRecord]:
         """Every call's record, in emission order (deterministic for the same inputs).
@@ -363,7 +374,7 @@ class AnalyzeJob:
         try:
             window = max(1, pool.slots) * WINDOW_PER_WORKER
             pending: deque[PendingChunk] = deque()
-            for chunk in _chunks(calls):
+            for chunk in _chunks(calls, pool.chunk_calls):
                 pending.append(pool.submit(chunk, at, render))
                 while len(pending) >= window:
                     results = pending.popleft().result()
@@ -381,11 +392,11 @@ class AnalyzeJob:
             pool.close()
 
 
-def _chunks(calls: Iterator[Flagged]) -> Iterator[list[Flagged]]:
+def _chunks(calls: Iterator[Flagged], size: int) -> Iterator[list[Flagged]]:
     chunk: list[Flagged] = []
     for call in calls:
         chunk.append(call)
-        if len(chunk) >= CHUNK_CALLS:
+        if len(chunk) >= size:
             yield chunk
             chunk = []
     if chunk:

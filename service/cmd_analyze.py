@@ -24,11 +24,18 @@ bad option, unreadable input, a file that is not a capture, a results store that
 opened, a bad ``--cluster`` value); 1 when the results store or the cluster fails during the
 run (the job is then marked failed).
 
-``--cluster local:N`` verifies the calls on a local Dask cluster of N worker processes;
+``--cluster local:N`` runs the analysis on a local Dask cluster of N worker processes;
 ``--cluster tcp://SCHEDULER:8786`` on a running ``dask.distributed`` cluster (workers need
-stirscope installed and the ``--trust``/``--certs`` paths at the same place). Capture reading
-and call tracking stay in this process, so the records are byte-identical to a single-process
-run; small captures (up to a few hundred calls) never start the cluster.
+stirscope installed and the capture, ``--trust`` and ``--certs`` paths at the same place).
+``--cluster-mode`` says what the workers do. ``partition``: they read the captures (each file
+cut into ~32 MB partitions at record boundaries), this process tracks the calls in capture
+order, and they verify them. ``verify``: this process reads the captures and tracks the calls,
+the workers only verify. ``auto`` (the default) is ``partition`` for 16 MB of input files or
+more, else ``verify``. Either way the records are byte-identical to a single-process run: when
+the partitions cannot give exactly the single-process result (SIP over TCP, captures that
+overlap in time, a damaged capture, workers that cannot read the files), the run uses
+``verify`` and says why on stderr and in the summary. In ``verify`` mode small captures (up
+to a few hundred calls) never start the cluster.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported only when --db 
     from analyzer.storage import Heartbeat, Lease, RunWriter, Store
 
 FORMATS = ("table", "jsonl", "csv", "html")
+CLUSTER_MODES = ("auto", "partition", "verify")
 # Calls listed in the HTML report (all are counted in its summary and charts): a case-file
 # attachment stays openable in a browser; JSONL has every call.
 MAX_HTML_CALLS = 5000
@@ -106,7 +114,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--cluster",
         metavar="local:N|tcp://HOST:PORT",
-        help="verify on a Dask cluster: N local worker processes, or a running scheduler",
+        help="analyse on a Dask cluster: N local worker processes, or a running scheduler",
+    )
+    parser.add_argument(
+        "--cluster-mode",
+        choices=CLUSTER_MODES,
+        default="auto",
+        help="with --cluster: workers read the captures (partition) or only verify the calls "
+        "(verify); auto: partition for 16 MB of input or more",
     )
     parser.add_argument(
         "--verify-checksums",
@@ -151,6 +166,8 @@ def _open_job(args: argparse.Namespace) -> AnalyzeJob:
             pool = DaskPoolFactory(parse_cluster(args.cluster))
         except ValueError as exc:
             raise UsageError(f"--cluster: {exc}") from exc
+    elif args.cluster_mode != "auto":
+        raise UsageError("--cluster-mode needs --cluster")
     if args.captures.count("-") > 1:
         raise UsageError("stdin (-) can be given once")
     options = AnalyzeOptions(
@@ -160,11 +177,36 @@ def _open_job(args: argparse.Namespace) -> AnalyzeJob:
         verify_checksums=args.verify_checksums,
     )
     try:
+        if pool is not None and _partitioned(args):
+            from analyzer.cluster import PartitionedJob
+
+            return PartitionedJob(args.captures, options, pool)
         return AnalyzeJob(args.captures, options, pool=pool)
     except NotACaptureError as exc:
         raise UsageError(str(exc)) from exc
     except OSError as exc:
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
+def _partitioned(args: argparse.Namespace) -> bool:
+    if args.cluster_mode == "auto":
+        from analyzer.cluster import partitioned_by_default
+
+        return partitioned_by_default(args.captures)
+    return bool(args.cluster_mode == "partition")
+
+
+def _cluster_json(args: argparse.Namespace, job: AnalyzeJob) -> dict[str, object] | None:
+    """How the cluster was used (``--cluster`` runs only): mode, partitions, fallback."""
+    if args.cluster is None:
+        return None
+    partitions = getattr(job, "partitions", 0)
+    return {
+        "address": args.cluster,
+        "mode": "partition" if partitions else "verify",
+        "partitions": partitions,
+        "fallback": getattr(job, "fallback", None),
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -217,6 +259,13 @@ def _run(args: argparse.Namespace) -> int:
         if recorder is not None:
             recorder.finish(job, manifest, anomalies)
     summary_out = sys.stdout if (args.output or args.format == "table") else sys.stderr
+    cluster = _cluster_json(args, job)
+    if cluster is not None and cluster["fallback"]:
+        print(
+            f"stirscope analyze: --cluster: the workers did not read the captures "
+            f"({cluster['fallback']}); this process read them, the workers verified",
+            file=sys.stderr,
+        )
     if args.json:
         document: dict[str, object] = {
             "summary": job.summary.to_json(),
@@ -225,6 +274,8 @@ def _run(args: argparse.Namespace) -> int:
         }
         if recorder is not None:
             document["store"] = {"url": recorder.store.url, "job": recorder.lease.job_id}
+        if cluster is not None:
+            document["cluster"] = cluster
         summary_out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:
         write_summary(job.summary, job.stats, manifest, anomalies, summary_out)
@@ -232,6 +283,14 @@ def _run(args: argparse.Namespace) -> int:
             summary_out.write(
                 f"  stored:       job {recorder.lease.job_id} in {recorder.store.url}\n"
             )
+        if cluster is not None:
+            how = (
+                f"workers read {cluster['partitions']} partition(s)"
+                if cluster["partitions"]
+                else "workers verified"
+                + (f" (fallback: {cluster['fallback']})" if cluster["fallback"] else "")
+            )
+            summary_out.write(f"  cluster:      {cluster['address']}: {how}\n")
     return 0
 
 

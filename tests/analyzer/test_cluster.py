@@ -54,7 +54,8 @@ def _split(tmp: Path) -> list[str]:
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Chunks of 2 after 3 inline calls (the demo has 13), counting the chunks Dask ran."""
     monkeypatch.setattr(run_module, "INLINE_CALLS", 3)
-    monkeypatch.setattr(run_module, "CHUNK_CALLS", 2)
+    monkeypatch.setattr(run_module, "CHUNK_CALLS", 1)
+    monkeypatch.setattr(cluster_module, "DASK_CHUNK_FACTOR", 2)
     sizes: list[int] = []
     submit = DaskChunkPool.submit
 
@@ -101,6 +102,7 @@ def test_in_process_cluster_through_the_job_api(small_chunks: list[int]) -> None
     assert clustered == single
     assert factory.last is not None
     assert factory.last.slots == 2
+    assert factory.last.chunk_calls == 2
     assert len(small_chunks) == 5  # ceil(10 / 2)
 
 
