@@ -108,7 +108,14 @@ def _identities(
 
 def _observed_verstat(message: Request | Response) -> str | None:
     """A verstat an upstream verifier already put on P-Asserted-Identity or From (TS 24.229
-    section 7.2A.20)."""
+    section 7.2A.20). Parameter names are matched without unescaping, so a header whose text
+    does not hold ``verstat`` in any case has none: its name-addr is not parsed for it."""
+    headers = message.headers
+    if not any(
+        "verstat" in value.lower()
+        for value in (*headers.get_all("p-asserted-identity"), headers.get("from") or "")
+    ):
+        return None
     for name_addr in (*message.p_asserted_identity, message.from_):
         if name_addr is not None and name_addr.uri.verstat:
             return name_addr.uri.verstat

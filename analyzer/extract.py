@@ -56,26 +56,82 @@ def _pai_party(values: Sequence[NameAddr]) -> Party | None:
 
 
 def request_from_message(message: Request | Response) -> VerificationRequest:
-    """Verification input from a parsed SIP request (or a 3xx carrying Identity, RFC 8946 7)."""
+    """Verification input from a parsed SIP request (or a 3xx carrying Identity, RFC 8946 7).
+
+    From, To, a single P-Asserted-Identity and the Request-URI of the common E.164 shape
+    (``_E164_NAME_ADDR_RE``, ``_E164_URI_RE``) are read without parsing them: the typed
+    accessors' parse (and its defects, which ``message.defects`` still reports on demand)
+    could only give the same TN (`request_from_message_general` is the reference the
+    shortcut is tested against).
+    """
+    headers = message.headers
+    from_party = _common_party(headers.get("from"))
+    if from_party is None:
+        from_party = _party(message.from_)
+    to_party = _common_party(headers.get("to"))
+    if to_party is None:
+        to_party = _party(message.to)
+    pai_lines = headers.get_all("p-asserted-identity")
+    pai_party = _common_party(pai_lines[0]) if len(pai_lines) == 1 else None
+    if pai_party is None:
+        pai_party = _pai_party(message.p_asserted_identity)
+    request_uri = None
+    if isinstance(message, Request):
+        common = _E164_URI_RE.fullmatch(message.uri_text)
+        if common is not None:
+            request_uri = Party(PartyKind.TN, common.group(1) or common.group(2))
+        elif message.uri is not None:
+            request_uri = party_from_uri(message.uri)
+    return _request(message, from_party, to_party, pai_party, request_uri)
+
+
+def request_from_message_general(message: Request | Response) -> VerificationRequest:
+    """`request_from_message` through the typed accessors only (the reference of its tests)."""
+    request_uri = None
+    if isinstance(message, Request) and message.uri is not None:
+        request_uri = party_from_uri(message.uri)
+    return _request(
+        message,
+        _party(message.from_),
+        _party(message.to),
+        _pai_party(message.p_asserted_identity),
+        request_uri,
+    )
+
+
+def _request(
+    message: Request | Response,
+    from_party: Party | None,
+    to_party: Party | None,
+    pai_party: Party | None,
+    request_uri: Party | None,
+) -> VerificationRequest:
     findings: list[Finding] = []
     identities = message.identity_headers
     if any(h.split_from_comma for h in identities):
         findings.append(
             warning(Reason.COMMA_JOINED_IDENTITY, "Identity values joined by a comma were split")
         )
-    request_uri = None
-    if isinstance(message, Request) and message.uri is not None:
-        request_uri = party_from_uri(message.uri)
     return VerificationRequest(
         identities=tuple(h.value for h in identities),
-        from_party=_party(message.from_),
-        pai_party=_pai_party(message.p_asserted_identity),
-        dest=tuple(p for p in (_party(message.to),) if p is not None),
+        from_party=from_party,
+        pai_party=pai_party,
+        dest=(to_party,) if to_party is not None else (),
         request_uri=request_uri,
         date=message.date,
         date_present="date" in message.headers,
         findings=tuple(findings),
     )
+
+
+def _common_party(value: str | None) -> Party | None:
+    """The TN of a header value of the common shape, else None (take the general path)."""
+    if value is None:
+        return None
+    common = _E164_NAME_ADDR_RE.fullmatch(value)
+    if common is None:
+        return None
+    return Party(PartyKind.TN, common.group(1) or common.group(2))
 
 
 def request_from_sip_bytes(data: bytes) -> VerificationRequest:
@@ -94,11 +150,13 @@ def request_from_sip_bytes(data: bytes) -> VerificationRequest:
 # without its ``+`` (RFC 8224 section 8.3: nothing else to canonicalise), and header
 # parameters after ``>`` play no part; anything else takes the general path, which the
 # shortcut is tested against.
-_E164_NAME_ADDR_RE = re.compile(
-    r"\s*<(?:sips?:\+([0-9]+)@[A-Za-z0-9.\-]+(?::[0-9]+)?(?:;[A-Za-z0-9_=.\-~]*)*"
-    r"|tel:\+([0-9]+)(?:;[A-Za-z0-9_=.\-~]*)*)>.*",
-    re.DOTALL,
+_E164_URI = (
+    r"(?:sips?:\+([0-9]+)@[A-Za-z0-9.\-]+(?::[0-9]+)?(?:;[A-Za-z0-9_=.\-~]*)*"
+    r"|tel:\+([0-9]+)(?:;[A-Za-z0-9_=.\-~]*)*)"
 )
+_E164_NAME_ADDR_RE = re.compile(r"\s*<" + _E164_URI + r">.*", re.DOTALL)
+# The same URI shape as a Request-URI (written bare, RFC 3261 section 7.1).
+_E164_URI_RE = re.compile(_E164_URI)
 
 
 def _header_party(text: str, what: str) -> Party:

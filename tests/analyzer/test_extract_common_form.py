@@ -14,8 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzer.extract import ExtractError, _header_party, _header_party_general
+from analyzer.extract import (
+    ExtractError,
+    _header_party,
+    _header_party_general,
+    request_from_message,
+    request_from_message_general,
+)
 from shaken.party import Party, PartyKind
+from sip import SipParseError, parse_message
 
 PIECES = {
     "lead": ["", "", " ", "\t", "\u00a0", '"Alice" ', "Alice ", '"a>b" '],
@@ -82,3 +89,65 @@ def test_common_forms(text: str, tn: str) -> None:
         == Party(PartyKind.TN, tn)
         == _header_party_general(text, "From")
     )
+
+
+def _invite(request_uri: str, from_: str, to: str, pai: list[str]) -> bytes:
+    lines = [
+        f"INVITE {request_uri} SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1",
+        f"From: {from_}",
+        f"To: {to}",
+        *(f"P-Asserted-Identity: {value}" for value in pai),
+        "Call-ID: c1@192.0.2.1",
+        "CSeq: 1 INVITE",
+        "Date: Thu, 15 Jan 2026 12:00:00 GMT",
+        "Identity: a.b.c;info=<https://x.example/c.pem>;alg=ES256;ppt=shaken",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def _request_outcome(fn: object, data: bytes) -> object:
+    assert callable(fn)
+    message = parse_message(data)
+    try:
+        return fn(message)
+    except (ExtractError, SipParseError, ValueError) as exc:
+        return type(exc).__name__
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    header_values(),
+    header_values(),
+    st.lists(header_values(), max_size=2),
+    header_values(),
+)
+def test_message_shortcut_equals_the_typed_accessors(
+    from_: str, to: str, pai: list[str], target: str
+) -> None:
+    """From/To/P-Asserted-Identity and a Request-URI (a header value's URI written bare) read
+    by ``request_from_message``'s shortcut equal what the typed accessors give."""
+    bare = target.strip().lstrip("<").split(">", 1)[0].strip() or "sip:x@h"
+    for value in (from_, to, *pai, bare):
+        if "\r" in value or "\n" in value:
+            return  # a value with a line break is another message, not this header
+    data = _invite(bare, from_, to, pai)
+    assert _request_outcome(request_from_message, data) == _request_outcome(
+        request_from_message_general, data
+    )
+
+
+def test_message_common_form() -> None:
+    data = _invite(
+        "sip:+12025550199@bravo.example;user=phone",
+        "<sip:+12025550101@alpha.example;user=phone>;tag=a1",
+        "<sip:+12025550199@bravo.example;user=phone>",
+        ["<tel:+12025550102>"],
+    )
+    request = request_from_message(parse_message(data))
+    assert request == request_from_message_general(parse_message(data))
+    assert request.from_party == Party(PartyKind.TN, "12025550101")
+    assert request.pai_party == Party(PartyKind.TN, "12025550102")
+    assert request.request_uri == Party(PartyKind.TN, "12025550199")
+    assert request.dest == (Party(PartyKind.TN, "12025550199"),)
