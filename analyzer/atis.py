@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from analyzer.extract import party_from_uri
 from shaken.errors import Finding, Reason, warning
-from shaken.party import Party
+from shaken.party import Party, PartyKind
 from shaken.signing import div_payload, shaken_payload
 from shaken.verifier import VerificationRequest
 from sip import canonicalize_tn
@@ -64,8 +64,12 @@ def party_from_tn(value: str, parameter: str) -> Party:
     """A TN as the SIP side would canonicalise it (RFC 8224 section 8.3)."""
     canonical = canonicalize_tn(value)
     if canonical is None:
-        raise AtisError(parameter, f"{value!r} is not a telephone number")
-    return Party.tn(canonical.tn)
+        raise _not_a_tn(value, parameter)
+    return Party(PartyKind.TN, canonical.tn)
+
+
+def _not_a_tn(value: str, parameter: str) -> AtisError:
+    return AtisError(parameter, f"{value!r} is not a telephone number")
 
 
 def party_from_uri_text(value: str, parameter: str) -> Party:
@@ -81,8 +85,16 @@ def party_from_uri_text(value: str, parameter: str) -> Party:
 
 def parties_of(identity: AtisIdentity, parameter: str) -> tuple[Party, ...]:
     """Every identity an ``AtisIdentity`` names, in order (TNs first)."""
-    found = [party_from_tn(t, f"{parameter}.tn") for t in identity.tn]
-    found.extend(party_from_uri_text(u, f"{parameter}.uri") for u in identity.uri)
+    # Once per identity of every verification request: the parameter names of the errors are
+    # only built when there is an error.
+    found: list[Party] = []
+    for value in identity.tn:
+        canonical = canonicalize_tn(value)
+        if canonical is None:
+            raise _not_a_tn(value, f"{parameter}.tn")
+        found.append(Party(PartyKind.TN, canonical.tn))
+    if identity.uri:
+        found.extend(party_from_uri_text(u, f"{parameter}.uri") for u in identity.uri)
     if not found:
         raise AtisError(parameter, "needs a tn or a uri")
     return tuple(found)

@@ -1,24 +1,29 @@
 """HTTP verification service throughput and latency, side by side with the in-process verifier.
 
 1. in-process ``Verifier.verify`` of the same request (warm certificate cache): the ceiling;
-2. the same request through the ATIS JSON mapping and response mapping, still in-process
-   (what the HTTP layer adds before any socket is involved);
+2. the same request through the service's own JSON and model mapping (``json_object``,
+   ``verification_input``, ``verification_json`` of ``service.api.stir``), still in-process:
+   what the HTTP layer adds before any socket is involved;
 3. ``stirscope serve`` on 127.0.0.1 with 1 and 2 worker processes, driven by a keep-alive
    HTTP/1.1 load generator on loopback (asyncio, raw sockets: a pure-Python client such as
-   httpx would be the bottleneck here), CONCURRENCY connections, warm cache: requests/s and
-   p50/p99 latency.
+   httpx would be the bottleneck here), CONCURRENCY connections opened STAGGER_S apart, warm
+   cache: requests/s and p50/p99 latency.
 
 The token is signed at start with the fixture key and the server runs with a wide freshness
 window, so every request is a full, passing verification against the server clock. The load
 generator shares the machine's cores with the server: on a 2-core machine the 2-worker figure
-is bounded by that. Every figure is the best of REPEATS runs (the machine is shared).
-Ratios matter, not absolutes.
+is bounded by that. So the server runs also report CPU time per request (user + system, from
+/proc on Linux) of the server's processes and of the load generator: while the generator's is
+a fraction of the server's and far from a core of its own, the generator is not what limits
+the rate. Every figure is the best of REPEATS runs (the machine is shared). Ratios matter, not
+absolutes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import socket
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +45,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key  #
 from analyzer.atis import AtisIdentity, verification_request  # noqa: E402
 from analyzer.verifying import VerifierConfig, build_verifier  # noqa: E402
 from service.api.auth import hash_api_key  # noqa: E402
-from service.api.models import AtisVerificationRequest, atis_verification  # noqa: E402
+from service.api.stir import json_object, verification_input, verification_json  # noqa: E402
 from shaken.policy import Policy  # noqa: E402
 from shaken.signing import identity_header_value, shaken_payload, sign_passport  # noqa: E402
 
@@ -48,6 +54,11 @@ X5U = "https://certs.alpha.example/alpha.pem"
 API_KEY = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz"
 QUICK = os.environ.get("BENCH_QUICK") is not None
 CONCURRENCY = 16
+# Seconds between the openings of the load's connections (all within the warm-up). uvicorn's
+# workers share one listening socket and each accepts whatever is pending when it looks: 16
+# connections opened at once often all land on one worker, which then serves alone. Opened
+# while the load runs, each goes more likely to a worker that is not busy.
+STAGGER_S = 0.005
 REPEATS = 3
 WARMUP_S = 1.0
 MEASURE_S = 2.0 if QUICK else 5.0
@@ -105,16 +116,10 @@ def in_process(identity: str, now: int) -> tuple[float, float]:
         for _ in range(REPEATS):
             started = time.perf_counter()
             for _ in range(IN_PROCESS_N):
-                model = AtisVerificationRequest.model_validate(
-                    json.loads(raw)["verificationRequest"]
+                mapped, flavour, request_id = verification_input(
+                    json_object(raw, "application/json")
                 )
-                mapped = verification_request(
-                    identities=[model.identity],
-                    orig=model.from_.to_core(),
-                    to=model.to.to_core(),
-                    time=model.time,
-                )
-                json.dumps(atis_verification(verifier.verify(mapped, at=at)))
+                verification_json(verifier.verify(mapped, at=at), flavour, request_id)
             rates.append(IN_PROCESS_N / (time.perf_counter() - started))
         mapped_rate = max(rates)
     return core, mapped_rate
@@ -135,7 +140,7 @@ def _start(workers: int, tmp: Path, extra: list[str]) -> tuple[subprocess.Popen[
         sys.executable, "-m", "service.cli", "serve", "--port", str(port),
         "--workers", str(workers), "--trust", str(FIXTURES / "pki/trust"),
         "--certs", str(FIXTURES / "certs"), "--api-keys", str(keys),
-        "--freshness", str(FRESHNESS_S), *extra,
+        "--freshness", str(FRESHNESS_S), "--data-dir", str(tmp / "data"), *extra,
     ]  # fmt: skip
     log = (tmp / "serve.log").open("wb")
     process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
@@ -150,9 +155,48 @@ def _start(workers: int, tmp: Path, extra: list[str]) -> tuple[subprocess.Popen[
     raise RuntimeError("server did not start: " + (tmp / "serve.log").read_text()[-2000:])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its descendants (uvicorn's worker
+    processes), from /proc (Linux); NaN where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    try:
+        while pending:
+            current = pending.pop()
+            # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the command
+            # name, which is parenthesised and may itself hold spaces.
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+    except OSError:
+        return math.nan
+    return total
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class HttpRun:
+    """One load run: requests/s and latency over the measured window; CPU microseconds per
+    request of the server's processes and of the load generator over the whole run."""
+
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    server_us: float
+    client_us: float
+
+
 async def _connection(
-    port: int, request: bytes, stop_at: float, record_from: float, latencies: list[float]
+    port: int,
+    request: bytes,
+    stop_at: float,
+    record_from: float,
+    latencies: list[float],
+    served: list[int],
+    delay: float,
 ) -> None:
+    await asyncio.sleep(delay)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while True:
@@ -170,28 +214,42 @@ async def _connection(
             body = await reader.readexactly(length)
             if b"TN-Validation-Passed" not in body:
                 raise RuntimeError(body.decode())
+            served[0] += 1
             if started >= record_from:
                 latencies.append(time.perf_counter() - started)
     finally:
         writer.close()
 
 
-async def _load(port: int, request: bytes) -> tuple[float, float, float]:
+async def _load(port: int, request: bytes) -> tuple[float, float, float, int]:
+    """Requests/s, p50 and p99 (ms) over the measured window; requests served in all."""
     latencies: list[float] = []
+    served = [0]
     begin = time.perf_counter()
     record_from = begin + WARMUP_S
     stop_at = record_from + MEASURE_S
     await asyncio.gather(
-        *(_connection(port, request, stop_at, record_from, latencies) for _ in range(CONCURRENCY))
+        *(
+            _connection(port, request, stop_at, record_from, latencies, served, i * STAGGER_S)
+            for i in range(CONCURRENCY)
+        )
     )
     latencies.sort()
     rate = len(latencies) / MEASURE_S
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
-    return rate, p50, p99
+    return rate, p50, p99, served[0]
 
 
-def over_http(identity: str, now: int, workers: int, extra: list[str]) -> tuple[float, ...]:
+def _measure(pid: int, port: int, request: bytes) -> HttpRun:
+    server_before, client_before = _cpu_seconds(pid), time.process_time()
+    rate, p50, p99, served = asyncio.run(_load(port, request))
+    server = _cpu_seconds(pid) - server_before
+    client = time.process_time() - client_before
+    return HttpRun(rate, p50, p99, server / served * 1e6, client / served * 1e6)
+
+
+def over_http(identity: str, now: int, workers: int, extra: list[str]) -> HttpRun:
     body = json.dumps(_body(identity, now)).encode()
     request = (
         b"POST /stir/v1/verification HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -203,7 +261,7 @@ def over_http(identity: str, now: int, workers: int, extra: list[str]) -> tuple[
         process, port = _start(workers, Path(tmp), extra)
         try:
             # Best of REPEATS: the machine is shared, the best run is the least disturbed.
-            return max(asyncio.run(_load(port, request)) for _ in range(REPEATS))
+            return max(_measure(process.pid, port, request) for _ in range(REPEATS))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -213,25 +271,38 @@ def main() -> int:
     now = int(time.time())
     identity = _fresh_identity(now)
     core, mapped = in_process(identity, now)
-    print(f"{'path':52} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs core':>8}")
+    print(
+        f"{'path':52} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs core':>8}"
+        f" {'srv us':>7} {'gen us':>7}"
+    )
     print(f"{'in-process Verifier.verify (warm cache)':52} {core:8.0f} {'':>7} {'':>7} {1:8.2f}")
     label = "in-process + ATIS JSON/model mapping"
     print(f"{label:52} {mapped:8.0f} {'':>7} {'':>7} {mapped / core:8.2f}")
-    results: dict[str, float] = {}
+    results: dict[str, HttpRun] = {}
     runs = [
         ("serve, 1 worker", 1, []),
         ("serve, 1 worker, --no-access-log", 1, ["--no-access-log"]),
         ("serve, 2 workers", 2, []),
     ]
     for name, workers, extra in runs:
-        rate, p50, p99 = over_http(identity, now, workers, extra)
-        results[name] = rate
+        run = over_http(identity, now, workers, extra)
+        results[name] = run
         label = f"{name} (HTTP, {CONCURRENCY} conns)"
-        print(f"{label:52} {rate:8.0f} {p50:7.2f} {p99:7.2f} {rate / core:8.2f}")
+        print(
+            f"{label:52} {run.rate:8.0f} {run.p50_ms:7.2f} {run.p99_ms:7.2f}"
+            f" {run.rate / core:8.2f} {run.server_us:7.0f} {run.client_us:7.0f}"
+        )
     one = results["serve, 1 worker"]
-    print(f"HTTP (1 worker) / in-process: {one / core:.2f} (goal: > 0.5)")
+    print(f"HTTP (1 worker) / in-process: {one.rate / core:.2f} (goal: > 0.5)")
     print(
-        f"2 workers / 1 worker: {results['serve, 2 workers'] / one:.2f} (on {os.cpu_count()} cores)"
+        f"2 workers / 1 worker: {results['serve, 2 workers'].rate / one.rate:.2f}"
+        f" (on {os.cpu_count()} cores)"
+    )
+    busiest = max(results.values(), key=lambda r: r.rate)
+    print(
+        f"load generator: {busiest.client_us:.0f} us CPU per request, "
+        f"{busiest.client_us * busiest.rate / 1e4:.0f}% of a core at {busiest.rate:.0f} req/s "
+        f"(srv us / gen us: CPU per request of the server's processes / of the generator)"
     )
     return 0
 

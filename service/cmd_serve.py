@@ -41,6 +41,12 @@ EXIT_USAGE = 2
 # Seconds in-flight requests get after SIGTERM before connections are closed: the common
 # orchestrator grace period (Kubernetes terminationGracePeriodSeconds defaults to 30).
 GRACEFUL_SHUTDOWN_S = 30
+# uvicorn's HTTP/1.1 parser: httptools (C, from uvicorn[standard]), named because "auto" would
+# fall back to h11 (pure Python, several times the cost per request) without a word if it went
+# missing. The event loop stays "auto": uvloop wherever it is installed (uvicorn[standard]
+# installs it except on Windows), asyncio's elsewhere.
+UVICORN_HTTP = "httptools"
+UVICORN_LOOP = "auto"
 
 # Options of add_verifier_options whose argparse defaults must not mask lower layers
 # (environment, config file): their defaults become None and service.config supplies them.
@@ -208,6 +214,8 @@ def serve(config: ServeConfig) -> None:
         "log_config": log_config,
         "access_log": False,
         "lifespan": "on",
+        "http": UVICORN_HTTP,
+        "loop": UVICORN_LOOP,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
         "server_header": False,
     }

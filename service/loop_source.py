@@ -84,6 +84,8 @@ class LoopSafeSource:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.cache_only = _CacheOnly(self._local)
+        # Remembered answers served in cache-only mode (cache hits the cache did not see).
+        self._hits = self._negative_hits = 0
 
     def fetch(self, url: str, *, kind: FetchKind = FetchKind.CERT) -> Fetched:
         """The cache's answer (remembered when it fetched); in cache-only mode the remembered
@@ -93,6 +95,10 @@ class LoopSafeSource:
             known = self._known.get(key)
             if known is None or known[1] <= self._clock():
                 raise WouldBlock(url)
+            if known[0].ok:
+                self._hits += 1
+            else:
+                self._negative_hits += 1
             return known[0]
         began = self._clock()
         fetched = self.cache.fetch(url, kind=kind)
@@ -111,8 +117,13 @@ class LoopSafeSource:
                 del known[next(iter(known))]
 
     def stats(self) -> CacheStats:
-        """The cache's counters (for metrics)."""
-        return self.cache.stats()
+        """The cache's counters, with the hits served here in cache-only mode (for metrics)."""
+        stats = self.cache.stats()
+        return replace(
+            stats,
+            hits=stats.hits + self._hits,
+            negative_hits=stats.negative_hits + self._negative_hits,
+        )
 
     def close(self) -> None:
         self.cache.close()

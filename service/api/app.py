@@ -1,7 +1,8 @@
 """The FastAPI application factory: ``create_app(config)``; nothing is built at import time.
 
 The lifespan builds, once per process, the trust store, certificate source and verifier (the
-same ``build_verifier`` as the CLI, so policy and cache behave alike), the API key ring and the
+same ``build_verifier`` as the CLI, so policy and cache behave alike; over a ``LoopSafeSource``
+so that warm verifications can run on the event loop), the API key ring and the
 signer, and closes the verifier on shutdown (after in-flight requests finished: uvicorn waits
 for them before running the lifespan's exit). One router per resource: add new ones (jobs,
 calls, web UI) with ``app.include_router`` in ``create_app``. With a results store configured
@@ -28,6 +29,7 @@ from analyzer.verifying import build_verifier
 from analyzer.version import __version__
 from service.api import jobs, jobs_data, ops, stir
 from service.api.auth import KeyRing
+from service.api.direct import DirectRoutes
 from service.api.errors import install_error_handlers
 from service.api.metrics import ApiMetrics, ObservabilityMiddleware
 from service.api.state import STATE_ATTRIBUTE, VERIFY_THREADS, ServiceState, Signer
@@ -36,6 +38,7 @@ from service.config import (
     config_from_settings,
     load_signing_key,
 )
+from service.loop_source import loop_safe, verify_functions
 from service.web import routes as web
 
 log = logging.getLogger("stirscope.api")
@@ -59,10 +62,16 @@ def build_state(config: ServeConfig) -> ServiceState:
     signer = None
     if config.signing_key is not None and config.signing_x5u is not None:
         signer = Signer(load_signing_key(config.signing_key), config.signing_x5u)
-    verifier = build_verifier(config.verifier, clock=config.clock)
+    verifier = loop_safe(build_verifier(config.verifier, clock=config.clock), clock=config.clock)
+    _, verify_cached = verify_functions(verifier)
     executor = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="stirscope-verify")
     return ServiceState(
-        config=config, verifier=verifier, keyring=keyring, signer=signer, executor=executor
+        config=config,
+        verifier=verifier,
+        keyring=keyring,
+        signer=signer,
+        executor=executor,
+        verify_cached=verify_cached,
     )
 
 
@@ -128,6 +137,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(stir.router)
     app.include_router(jobs.router)
     app.include_router(web.router)
+    # Outermost last: the observability middleware sees every request, the direct routes too.
+    app.add_middleware(DirectRoutes, routes=stir.direct_routes())
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, access=config.access_log)
 
     def openapi() -> dict[str, Any]:

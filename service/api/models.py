@@ -91,9 +91,11 @@ class Identity(_Strict):
 
     def to_core(self) -> AtisIdentity:
         """The plain value the analyzer maps."""
-        tn = self.tn if isinstance(self.tn, list) else [self.tn] if self.tn is not None else []
-        uri = self.uri if isinstance(self.uri, list) else [self.uri] if self.uri else []
-        return AtisIdentity(tn=tuple(tn), uri=tuple(uri))
+        tn, uri = self.tn, self.uri
+        return AtisIdentity(
+            tn=(tn,) if isinstance(tn, str) else tuple(tn) if tn else (),
+            uri=(uri,) if isinstance(uri, str) else tuple(uri) if uri else (),
+        )
 
 
 class AtisVerificationRequest(_Strict):
@@ -258,52 +260,70 @@ class Readiness(_Out):
 
 
 # -- mappers from core types ---------------------------------------------------------------------
+#
+# The verification mappers run once per request on the event loop, so they build the response
+# dicts directly rather than through the response models (construction plus ``model_dump`` costs
+# several times the dict): the models stay the documented contract, members in the same order,
+# absent rather than null (``exclude_none``), and tests/service/test_api_models.py checks that
+# every mapped response validates against its model and dumps to the same dict.
 
 
 def atis_verification(result: VerificationResult) -> dict[str, object]:
     """``verificationResponse`` (ATIS) for a core result. STANDARDS.md section 8.3."""
+    body: dict[str, object] = {"verstat": result.verstat.value}
+    if not result.passed:
+        if result.status_code is not None:
+            body["reasoncode"] = result.status_code
+        phrase = result.reason_phrase
+        if phrase is not None:
+            body["reasontext"] = phrase
+    if result.reason is not None:
+        body["reason"] = result.reason.value
     best = result.best
-    body = AtisVerificationResult(
-        verstat=result.verstat.value,
-        reasoncode=result.status_code if not result.passed else None,
-        reasontext=result.reason_phrase if not result.passed else None,
-        reason=result.reason.value if result.reason else None,
-        attest=best.attest if best is not None and not best.ignored else None,
-        origid=best.origid if best is not None and not best.ignored else None,
-    )
-    return AtisVerificationResponse(verificationResponse=body).model_dump(exclude_none=True)
+    if best is not None and not best.ignored:
+        if best.attest is not None:
+            body["attest"] = best.attest
+        if best.origid is not None:
+            body["origid"] = best.origid
+    return {"verificationResponse": body}
 
 
-def _gpp_item(p: PassportResult) -> GppVerifyResultItem:
+def _gpp_item(p: PassportResult) -> dict[str, object]:
     primary = p.primary
-    token = p.identity.partition(";")[0].strip()
-    return GppVerifyResultItem(
-        verifyResult=GppVerifyResult(
-            ppt=p.ppt,
-            status="pass" if p.valid else "fail",
-            reasonCode=p.status_code,
-            reasonText=phrase_for(p.status_code) if primary else None,
-            reasonDescription=primary.detail if primary else None,
-            reason=primary.reason.value if primary else None,
-            passport=token,
-            validClaims=p.claims if p.valid else None,
-        )
-    )
+    valid = not p.ignored and primary is None
+    item: dict[str, object] = {}
+    if p.ppt is not None:
+        item["ppt"] = p.ppt
+    item["status"] = "pass" if valid else "fail"
+    if primary is not None:
+        code = primary.status_code
+        if code is not None:
+            item["reasonCode"] = code
+        text = phrase_for(code)
+        if text is not None:
+            item["reasonText"] = text
+        item["reasonDescription"] = primary.detail
+        item["reason"] = primary.reason.value
+    item["passport"] = p.identity.partition(";")[0].strip()
+    if valid and p.claims is not None:
+        item["validClaims"] = p.claims
+    return {"verifyResult": item}
 
 
 def gpp_verification(result: VerificationResult, request_id: str | None) -> dict[str, object]:
     """``verificationResponse`` (3GPP) for a core result: ``div`` PASSporTs in ``divResult``,
     ignored (unsupported ppt) ones left out. STANDARDS.md section 8.3."""
     used = [p for p in result.passports if not p.ignored]
-    main = [_gpp_item(p) for p in used if p.ppt not in ("div", "div-o")]
+    body: dict[str, object] = {
+        "verstatValue": result.verstat.value,
+        "verifyResults": [_gpp_item(p) for p in used if p.ppt not in ("div", "div-o")],
+    }
     div = [_gpp_item(p) for p in used if p.ppt in ("div", "div-o")]
-    body = GppVerificationResult(
-        verstatValue=result.verstat.value,
-        verifyResults=main,
-        divResult=div or None,
-        requestId=request_id,
-    )
-    return GppVerificationResponse(verificationResponse=body).model_dump(exclude_none=True)
+    if div:
+        body["divResult"] = div
+    if request_id is not None:
+        body["requestId"] = request_id
+    return {"verificationResponse": body}
 
 
 def signing_response(identity: str, flavour: Flavour, request_id: str | None) -> dict[str, object]:

@@ -4,8 +4,15 @@ The request body is read and checked here rather than by FastAPI's body binding,
 failure has its ATIS answer: no body (SVC4000), not JSON (415), too large (413), unparseable
 (SVC4003), a missing member (SVC4001) or a bad value (SVC4004). The input flavour is told by
 its members (``identityHeader[s]`` is 3GPP); the response follows it unless ``?flavour=`` asks
-otherwise. Verification runs in the thread pool (a certificate fetch must never block the event
-loop) and is judged as of the server clock. STANDARDS.md section 8.
+otherwise. Verification is judged as of the server clock. It runs on the event loop when every
+certificate and CRL it needs is cached (CPU only: ``service.loop_source``), else in the thread
+pool (a certificate fetch must never block the event loop). STANDARDS.md section 8.
+
+Verification is the hot endpoint: FastAPI documents it from its declaration, but the route
+answers it as a plain ASGI app (``serve_verification``): no Request object, dependency
+injection, response model or exception-handler round trip on the way, which together cost
+several times the JSON mapping. Signing is rare and stays an ordinary FastAPI endpoint; both
+share the body, flavour and error handling below.
 """
 
 from __future__ import annotations
@@ -18,15 +25,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode
+from starlette import types as asgi
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 
 from analyzer.atis import AtisError, signing_payload, verification_request
 from service.api.auth import Scope, authorize
-from service.api.errors import ApiError, ErrorCode
+from service.api.errors import ApiError, ErrorCode, error_response
 from service.api.metrics import ApiMetrics
 from service.api.models import (
     AtisSigningResponse,
@@ -45,7 +57,9 @@ from service.api.models import (
     gpp_verification,
     signing_response,
 )
-from service.api.state import ServiceState, get_state
+from service.api.state import ServiceState, app_state, get_state
+from service.loop_source import WouldBlock
+from shaken.result import VerificationResult
 from shaken.signing import identity_header_value, sign_passport
 from shaken.verifier import VerificationRequest
 
@@ -115,8 +129,14 @@ SCHEMA_MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
 )
 
 
-def _flavour(request: Request) -> Flavour | None:
-    value = request.query_params.get("flavour")
+def _flavour(query_string: bytes) -> Flavour | None:
+    """The ``flavour`` query parameter (the last one, as Starlette's ``query_params`` reads it)."""
+    if not query_string:
+        return None
+    value = None
+    for name, given in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name == "flavour":
+            value = given
     if value is None:
         return None
     try:
@@ -155,27 +175,41 @@ def _accepts_json(accept: str | None) -> bool:
     return False
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+async def read_body(receive: asgi.Receive, limit: int) -> bytes:
+    """The whole request body, counted as it arrives (a chunked body declares no length): more
+    than ``limit`` bytes is 413. ``ClientDisconnect`` when the client leaves first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(limit))
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_json_object(
+    headers: Mapping[str, str], receive: asgi.Receive, limit: int
+) -> dict[str, Any]:
     """The request body as a JSON object, or the ATIS error for what is wrong with it."""
-    if not _accepts_json(request.headers.get("accept")):
-        raise ApiError(ErrorCode.UNSUPPORTED_RESPONSE_TYPE, request.headers.get("accept", ""))
-    declared = request.headers.get("content-length")
+    accept = headers.get("accept")
+    if not _accepts_json(accept):
+        raise ApiError(ErrorCode.UNSUPPORTED_RESPONSE_TYPE, accept or "")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(limit))
-    if declared is not None and declared.isdigit():
-        body = await request.body()  # the server delivers at most Content-Length bytes
-    else:  # chunked: count as it arrives
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(limit))
-            chunks.append(chunk)
-        body = b"".join(chunks)
+    return json_object(await read_body(receive, limit), headers.get("content-type", ""))
+
+
+def json_object(body: bytes, content_type: str) -> dict[str, Any]:
+    """A request body (declared as ``content_type``) as a JSON object, or the ATIS error."""
     if not body.strip():
         raise ApiError(ErrorCode.MISSING_BODY)
-    content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media != "application/json" and not (
         media.startswith("application/") and media.endswith("+json")
@@ -224,8 +258,13 @@ def validate(model: type[M], data: Mapping[str, Any], prefix: str) -> M:
         raise ApiError(ErrorCode.INVALID_PARAMETER, where, _short(first["msg"])) from None
 
 
-def _verification_input(inner: Mapping[str, Any]) -> tuple[VerificationRequest, Flavour, Any]:
+def verification_input(
+    body: Mapping[str, Any],
+) -> tuple[VerificationRequest, Flavour, str | None]:
+    """The verifier's request from a verification body, its flavour and (3GPP) requestId; the
+    ATIS error for a missing or invalid member. STANDARDS.md section 8.2-8.3."""
     prefix = "verificationRequest"
+    inner = _member(body, prefix)
     try:
         if GPP_VERIFICATION_MEMBERS & inner.keys():
             if "identity" in inner:
@@ -255,8 +294,116 @@ def _verification_input(inner: Mapping[str, Any]) -> tuple[VerificationRequest, 
         raise ApiError(ErrorCode.INVALID_PARAMETER, exc.parameter, _short(exc.detail)) from None
 
 
-@router.post(
+# Response bodies as Starlette's JSONResponse renders them (compact, UTF-8, no NaN); the encoder
+# is built once (``json.dumps`` with options builds one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def verification_json(
+    result: VerificationResult, flavour: Flavour, request_id: str | None
+) -> bytes:
+    """The response body for ``result`` in ``flavour`` (STANDARDS.md section 8.3)."""
+    if flavour is Flavour.GPP:
+        return _JSON.encode(gpp_verification(result, request_id)).encode("utf-8")
+    return _JSON.encode(atis_verification(result)).encode("utf-8")
+
+
+# The request headers the verification route reads (lower case, as ASGI servers give them).
+_READ_HEADERS = frozenset({b"accept", b"authorization", b"content-length", b"content-type"})
+
+
+def _headers(scope: asgi.Scope) -> dict[str, str]:
+    """The headers in ``_READ_HEADERS``, the first of each (as ``Headers.get`` reads them),
+    decoded as Latin-1; the others are not decoded at all."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _READ_HEADERS:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+async def serve_verification(scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+    """``POST /stir/v1/verification`` as a plain ASGI app. ``ApiError`` is answered here with
+    the body the exception handlers give it; anything else propagates to them (500)."""
+    try:
+        content = await _verification(scope["app"], _headers(scope), scope, receive)
+    except ApiError as exc:
+        await error_response(exc.code, *exc.variables, headers=exc.headers)(scope, receive, send)
+        return
+    except ClientDisconnect:
+        return  # nobody left to answer
+    headers = [
+        (b"content-length", str(len(content)).encode("latin-1")),
+        (b"content-type", b"application/json"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+async def _verification(
+    app: Starlette, headers: Mapping[str, str], scope: asgi.Scope, receive: asgi.Receive
+) -> bytes:
+    state = app_state(app)
+    if not state.config.open_verification:
+        authorize(state.keyring, headers.get("authorization"), Scope.VERIFY)
+    flavour = _flavour(scope.get("query_string", b""))
+    metrics: ApiMetrics = app.state.metrics
+    body = await read_json_object(headers, receive, state.config.max_body_bytes)
+    core, shape, request_id = verification_input(body)
+    at = datetime.fromtimestamp(state.config.clock(), UTC)
+    started = time.perf_counter()
+    if state.verify_cached is None:
+        result = await _verify_in_pool(state, core, at)
+    else:
+        try:
+            result = state.verify_cached(core, at)
+        except WouldBlock:  # a certificate or CRL to fetch first
+            result = await _verify_in_pool(state, core, at)
+    metrics.count_verification(
+        result.verstat.value,
+        result.reason.value if result.reason else "none",
+        time.perf_counter() - started,
+    )
+    return verification_json(result, flavour or shape, request_id)
+
+
+async def _verify_in_pool(
+    state: ServiceState, core: VerificationRequest, at: datetime
+) -> VerificationResult:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(state.executor, partial(state.verifier.verify, core, at=at))
+
+
+class _VerificationRoute(APIRoute):
+    """The verification route: FastAPI documents it (and answers a wrong method with 405), but
+    ``serve_verification`` answers it."""
+
+    async def handle(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["method"] not in (self.methods or ()):
+            await super().handle(scope, receive, send)
+            return
+        await serve_verification(scope, receive, send)
+
+
+def direct_routes() -> list[APIRoute]:
+    """The routes ``service.api.direct.DirectRoutes`` may serve without the router's search."""
+    return [route for route in router.routes if isinstance(route, _VerificationRoute)]
+
+
+async def verification(request: Request) -> Response:
+    """The route's endpoint for FastAPI (its OpenAPI operation; the body and the flavour query
+    are declared in ``openapi_extra``). ``_VerificationRoute.handle`` answers POSTs without
+    FastAPI's request machinery (``serve_verification``); through that machinery this gives
+    the same answer, which the tests check."""
+    content = await _verification(request.app, request.headers, request.scope, request.receive)
+    return Response(content, media_type="application/json")
+
+
+router.add_api_route(
     "/verification",
+    verification,
+    methods=["POST"],
+    route_class_override=_VerificationRoute,
     summary="Verify SIP Identity headers (STI-VS)",
     description="ATIS-1000082 verification (``identity``) or the 3GPP shape "
     "(``identityHeader``/``identityHeaders``). A failed verification is a 200 with "
@@ -272,24 +419,6 @@ def _verification_input(inner: Mapping[str, Any]) -> tuple[VerificationRequest, 
         **_errors(400, 401, 403, 406, 413, 415, 503),
     },
 )
-async def verification(request: Request) -> JSONResponse:
-    state: ServiceState = get_state(request)
-    if not state.config.open_verification:
-        authorize(state.keyring, request.headers.get("authorization"), Scope.VERIFY)
-    flavour = _flavour(request)
-    metrics: ApiMetrics = request.app.state.metrics
-    body = await read_json_object(request, state.config.max_body_bytes)
-    core, shape, request_id = _verification_input(_member(body, "verificationRequest"))
-    at = datetime.fromtimestamp(state.config.clock(), UTC)
-    started = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(state.executor, partial(state.verifier.verify, core, at=at))
-    metrics.verification_latency.observe(time.perf_counter() - started)
-    reason = result.reason.value if result.reason else "none"
-    metrics.verifications.labels(result.verstat.value, reason).inc()
-    if (flavour or shape) is Flavour.GPP:
-        return JSONResponse(gpp_verification(result, request_id))
-    return JSONResponse(atis_verification(result))
 
 
 @router.post(
@@ -312,12 +441,12 @@ async def verification(request: Request) -> JSONResponse:
 async def signing(request: Request) -> JSONResponse:
     state: ServiceState = get_state(request)
     authorize(state.keyring, request.headers.get("authorization"), Scope.SIGN)
-    flavour = _flavour(request)
+    flavour = _flavour(request.scope.get("query_string", b""))
     metrics: ApiMetrics = request.app.state.metrics
     signer = state.signer
     if signer is None:
         raise ApiError(ErrorCode.SIGNING_UNAVAILABLE)
-    body = await read_json_object(request, state.config.max_body_bytes)
+    body = await read_json_object(request.headers, request.receive, state.config.max_body_bytes)
     inner = _member(body, "signingRequest")
     for name in UNSUPPORTED_SIGNING_MEMBERS:
         if name in inner:
