@@ -26,8 +26,6 @@ import pytest
 from analyzer.certsource import HttpSource, build_source
 from analyzer.extract import request_from_headers, request_from_sip_bytes
 from analyzer.trustload import load_trust_store
-from analyzer.verifying import VerifierConfig, build_verifier
-from service import cmd_verify
 from service.cli import main
 from shaken.errors import Reason
 from shaken.policy import CrlMode, Policy
@@ -282,23 +280,6 @@ def test_untrusted_tls_server_is_436(redirected: LocalHttpsServer, tmp_path: Pat
 
 
 # -- CLI level -----------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _close_cli_verifiers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`stirscope verify --sip` does not close its verifier (reported to the lead): its HTTP
-    connections would leak into the next test as ResourceWarnings. Close them here."""
-    built: list[Verifier] = []
-
-    def build(config: VerifierConfig) -> Verifier:
-        verifier = build_verifier(config)
-        built.append(verifier)
-        return verifier
-
-    monkeypatch.setattr(cmd_verify, "build_verifier", build)
-    yield
-    for verifier in built:
-        verifier.close()
 
 
 def cli(*extra: str, call: str = "invite_alpha_a.sip") -> list[str]:
