@@ -39,13 +39,9 @@ from typing import BinaryIO
 
 from analyzer.pcapfile import GZIP_MAGIC
 from analyzer.pcapwalk import (
-    DEFAULT_TSRESOL,
     MAX_BLOCK_BYTES,
     MAX_RECORD_BYTES,
     NS_PER_S,
-    OPT_END,
-    OPT_IF_TSOFFSET,
-    OPT_IF_TSRESOL,
     PCAP_HEADER_LEN,
     PCAP_MAGIC_NS,
     PCAP_MAGIC_US,
@@ -56,6 +52,7 @@ from analyzer.pcapwalk import (
     PCAPNG_OPB,
     PCAPNG_SHB,
     PCAPNG_SPB,
+    decode_interface,
 )
 
 # Bytes per partition: a worker scans a VoIP capture at ~100 MB/s, so a partition is ~0.3 s of
@@ -350,16 +347,6 @@ class PartitionStream:
         self._file.close()
 
 
-def _ts_factor(code: int) -> tuple[int, int]:
-    """(multiplier, divisor) from timestamp units to ns for an if_tsresol byte, as the capture
-    reader computes it (pcapng section 4.2)."""
-    if code & 0x80:
-        return NS_PER_S, 1 << (code & 0x7F)
-    if code <= 9:
-        return 10 ** (9 - code), 1
-    return 1, 10 ** (code - 9)
-
-
 class RecordCounter:
     """Walks the record framing of a pcap or pcapng byte stream fed in pieces (sans-IO).
 
@@ -527,7 +514,7 @@ class RecordCounter:
                 if end > n:
                     return pos  # interface and section blocks are read whole
                 if btype == PCAPNG_IDB:
-                    self._ifaces.append(self._interface(buf, pos, end))
+                    self._ifaces.append(decode_interface(buf, pos, end, self._e)[1:4])
                 else:
                     self._ifaces = []
                 if inside:
@@ -550,20 +537,3 @@ class RecordCounter:
         ts = ((hi << 32) | lo) * mul // div + off
         self._last_ts = ts
         self._record(ts, complete)
-
-    def _interface(self, buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-        """Timestamp resolution and offset of an Interface Description Block (section 4.2)."""
-        tsresol, offset_s = DEFAULT_TSRESOL, 0
-        opt, limit = pos + 16, end - 4
-        while opt + 4 <= limit:
-            code, olen = struct.unpack_from(self._e + "HH", buf, opt)
-            if code == OPT_END:
-                break
-            value = buf[opt + 4 : opt + 4 + olen]
-            if code == OPT_IF_TSRESOL and olen >= 1:
-                tsresol = value[0]
-            elif code == OPT_IF_TSOFFSET and olen >= 8:
-                offset_s = struct.unpack_from(self._e + "q", value)[0]
-            opt += 4 + olen + (-olen % 4)
-        mul, div = _ts_factor(tsresol)
-        return mul, div, offset_s * NS_PER_S

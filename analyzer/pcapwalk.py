@@ -225,7 +225,7 @@ def walk_pcap(
         buf, pos = nxt, 0
 
 
-def _interface(buf: bytes, pos: int, end: int, e: str) -> Interface:
+def decode_interface(buf: bytes, pos: int, end: int, e: str) -> Interface:
     """Decode an Interface Description Block (pcapng section 4.2)."""
     linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", buf, pos + 8)
     tsresol, offset_s = DEFAULT_TSRESOL, 0
@@ -399,7 +399,7 @@ def walk_pcapng(
                     # (pcapng section 4.4 leaves it unspecified; 0 before any packet).
                     yield (frame, last_ts or 0, lt, buf[pos + 12 : pos + 12 + caplen], orig)
             elif btype == PCAPNG_IDB:
-                ifaces.append(_interface(buf, pos, end, e))
+                ifaces.append(decode_interface(buf, pos, end, e))
                 probe, probe_size, trailer, (m1, v1, m2, v2), ethernet = _epb_skip(e, ifaces)
             elif btype == PCAPNG_SHB:
                 ifaces = []  # interface ids are per section (pcapng section 4.1)
