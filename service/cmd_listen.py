@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import threading
@@ -510,6 +511,14 @@ async def _serve(args: argparse.Namespace) -> int:
             options = session_options(args, config.to_json(), bound)
             job = await asyncio.to_thread(store.begin, bound, options)
             print(f"stirscope listen: db job {job} in {store.store.url}", file=err, flush=True)
+        # What exists now (trust store, certificates, modules, metrics, the pipelines) lives as
+        # long as the process: out of the collector's sight, a full collection no longer walks
+        # it. Before, one paused the loop for ~60 ms under sipp at 4,500 INVITE/s: a backlog of
+        # ~270 INVITEs, answered 503. Garbage cycles are collected first, not frozen; all is
+        # handed back to the collector when listening ends (``listen`` run in-process).
+        gc.collect()
+        gc.freeze()
+        stack.callback(gc.unfreeze)
         tty = err.isatty()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
