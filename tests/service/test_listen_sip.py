@@ -482,7 +482,10 @@ def test_udp_backlog_is_shed_not_left_to_age(
     count = 300
     limits = ServerLimits(queue_limit=10_000)
     with verifier_for(mode, verifier) as chosen, running(chosen, limits=limits) as h:
-        sock.sendto(fixture_call("alpha_a"), h.udp)  # warm the certificate cache
+        # Warm the certificate cache with the backlog's own signer: with loop verification the
+        # backlog is then answered on the loop, whatever the timing (a cold signer's calls
+        # would race the pool's first fetch).
+        sock.sendto(fixture_call("charlie_c"), h.udp)
         final_udp(sock)
         blocked = threading.Event()
 
@@ -506,9 +509,9 @@ def test_udp_backlog_is_shed_not_left_to_age(
                     statuses.append(response.status)
         assert set(statuses) == {302, 503}
         assert statuses.count(503) == h.server.shed
-        if mode == "loop":  # the pool verified the warm-up and charlie_c's first calls
-            assert h.server.answered_on_loop > 0
-            assert h.server.answered_on_loop + len(h.calls) - 1 == statuses.count(302)
+        if mode == "loop":  # the pool verified the warm-up only
+            assert len(h.calls) == 1
+            assert h.server.answered_on_loop == statuses.count(302) > 0
 
 
 def test_tcp_backpressure_answers_everything(verifier: Verifier, sock: socket.socket) -> None:
