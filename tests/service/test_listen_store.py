@@ -84,10 +84,11 @@ def pg_url(postgres_store_url: str) -> str:
 # -- the command ----------------------------------------------------------------------------
 
 
-def start_listen(url: str) -> tuple[subprocess.Popen[str], tuple[str, int], str]:
-    """``stirscope listen --hep udp --db URL`` in a child; returns it, the HEP address and
-    the job id it printed."""
-    args = ["--hep", "udp:127.0.0.1:0", "--db", url, "--trust", str(TRUST), "--certs", str(CERTS)]
+def start_listen(url: str, listener: str) -> tuple[subprocess.Popen[str], Endpoint, str]:
+    """``stirscope listen --<listener> udp --db URL`` in a child (``listener``: hep or sip);
+    returns it, the endpoint it bound and the job id it printed."""
+    args = [f"--{listener}", "udp:127.0.0.1:0", "--db", url]
+    args += ["--trust", str(TRUST), "--certs", str(CERTS)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "listen", *args],
         cwd=ROOT,
@@ -96,25 +97,25 @@ def start_listen(url: str) -> tuple[subprocess.Popen[str], tuple[str, int], str]
         text=True,
     )
     assert proc.stderr is not None
-    hep: tuple[str, int] | None = None
+    bound: Endpoint | None = None
     while True:
         words = proc.stderr.readline().split()
         if not words:
             proc.kill()
             raise AssertionError(f"listen exited early: {proc.communicate()[1]}")
-        if words[2:3] == ["hep"]:
-            endpoint = Endpoint.parse(words[3])
-            hep = (endpoint.host, endpoint.port)
+        if words[2:3] == [listener]:
+            bound = Endpoint.parse(words[3])
         elif words[2:4] == ["db", "job"]:
-            assert hep is not None
-            return proc, hep, words[4]
+            assert bound is not None
+            return proc, bound, words[4]
 
 
 def session(url: str) -> tuple[str, subprocess.CompletedProcess[str]]:
     """A live session: two finished calls (the second replays the first's PASSporT), one in
     progress at shutdown and a garbage datagram; checks the calls are in the store while
     the listener runs. Returns the job id and the finished process."""
-    proc, hep, job_id = start_listen(url)
+    proc, bound, job_id = start_listen(url, "hep")
+    hep = (bound.host, bound.port)
     try:
         packets = dialog_hep(fixture_call("alpha_a"), AT_NS)
         packets += dialog_hep(with_call_id(fixture_call("alpha_a"), "replayed-1"), AT_NS + 2 * NS)
@@ -190,31 +191,6 @@ def test_listen_db_postgres(pg_url: str) -> None:
 # -- the SIP verification server's answers ---------------------------------------------------
 
 
-def start_sip_listen(url: str) -> tuple[subprocess.Popen[str], Endpoint, str]:
-    """``stirscope listen --sip udp --db URL`` in a child; returns it, the SIP endpoint and
-    the job id it printed."""
-    args = ["--sip", "udp:127.0.0.1:0", "--db", url, "--trust", str(TRUST), "--certs", str(CERTS)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "listen", *args],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    sip: Endpoint | None = None
-    while True:
-        words = proc.stderr.readline().split()
-        if not words:
-            proc.kill()
-            raise AssertionError(f"listen exited early: {proc.communicate()[1]}")
-        if words[2:3] == ["sip"]:
-            sip = Endpoint.parse(words[3])
-        elif words[2:4] == ["db", "job"]:
-            assert sip is not None
-            return proc, sip, words[4]
-
-
 def answer_status(sock: socket.socket) -> int:
     """The status of the next final response on ``sock`` (100 Trying skipped)."""
     while True:
@@ -228,7 +204,7 @@ def sip_session(url: str) -> tuple[str, str, subprocess.CompletedProcess[str]]:
     """Three INVITEs to the SIP server: a valid one, the same PASSporT on another Call-ID (a
     replay) and one with a broken signature; checks they are stored while the server runs.
     Returns the job id, the client's address and the finished process."""
-    proc, sip, job_id = start_sip_listen(url)
+    proc, sip, job_id = start_listen(url, "sip")
     try:
         signed = fresh_invite(datetime.now(UTC))
         call_id = signed.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0]
