@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from analyzer.extract import ExtractError, request_from_headers
+from analyzer.records import compact_json
 from analyzer.verifying import VerifierConfig, build_verifier
 from shaken.verifier import Verifier
 
@@ -28,20 +29,6 @@ from shaken.verifier import Verifier
 CHUNK_LINES = 256
 # Chunks in flight per worker: keeps both cores fed without reading the whole input.
 WINDOW_PER_WORKER = 4
-
-# The C encoder ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` builds on every
-# call (with the encoder object around it, a third of the cost of a result line), built once:
-# without circular-reference markers it keeps no state between calls, and a result record is
-# a fresh tree that cannot be circular. Arguments as ``JSONEncoder.iterencode`` passes them.
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encode_basestring = getattr(json.encoder, "c_encode_basestring", None)
-_LINE_ENCODER = (
-    None
-    if _c_make_encoder is None or _c_encode_basestring is None
-    else _c_make_encoder(
-        None, json.JSONEncoder().default, _c_encode_basestring, None, ":", ",", False, False, True
-    )
-)
 
 
 @dataclass(slots=True)
@@ -138,14 +125,7 @@ def _work(
     chunk: list[tuple[int, str]], default_at: float | None, clock: Callable[[], float]
 ) -> list[str]:
     assert _WORKER is not None
-    return [_dump(verify_line(_WORKER, n, line, default_at, clock)) for n, line in chunk]
-
-
-def _dump(record: dict[str, object]) -> str:
-    """``json.dumps(record, ensure_ascii=False, separators=(",", ":"))``, through one encoder."""
-    if _LINE_ENCODER is None:  # pragma: no cover - no C accelerator (PyPy etc.)
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    return "".join(_LINE_ENCODER(record, 0))
+    return [compact_json(verify_line(_WORKER, n, line, default_at, clock)) for n, line in chunk]
 
 
 def _chunks(lines: Iterable[str]) -> Iterator[list[tuple[int, str]]]:
@@ -189,7 +169,7 @@ def run_batch(
         with build_verifier(config, clock=clock) as verifier:
             for chunk in _chunks(lines):
                 for n, line in chunk:
-                    emit(_dump(verify_line(verifier, n, line, at, clock)))
+                    emit(compact_json(verify_line(verifier, n, line, at, clock)))
     else:
         with ProcessPoolExecutor(
             max_workers=workers, initializer=_init_worker, initargs=(config,)

@@ -248,11 +248,14 @@ class CallRecord:
 # UTF-8 kept as is. No circular-reference check: a record is a tree of fresh dicts and lists,
 # and the check (a dict of every container's id) was a third of the encoding time.
 _JSONL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+# ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`` for a fresh tree of dicts and
+# lists (a JSON Lines line without its newline): call records here, ``verify --batch`` results.
+compact_json = _JSONL.encode
 
 
 def jsonl_line(record: CallRecord) -> str:
     """One JSONL line with its newline (compact, fixed key order: byte-identical output)."""
-    return _JSONL.encode(record.to_json()) + "\n"
+    return compact_json(record.to_json()) + "\n"
 
 
 def csv_line(record: CallRecord) -> str:
