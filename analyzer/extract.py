@@ -161,10 +161,8 @@ _E164_URI_RE = re.compile(_E164_URI)
 
 def _header_party(text: str, what: str) -> Party:
     """The PASSporT identity of a From/To/P-Asserted-Identity value (RFC 8224 section 8)."""
-    common = _E164_NAME_ADDR_RE.fullmatch(text)
-    if common is not None:
-        return Party(PartyKind.TN, common.group(1) or common.group(2))
-    return _header_party_general(text, what)
+    common = _common_party(text)
+    return common if common is not None else _header_party_general(text, what)
 
 
 def _header_party_general(text: str, what: str) -> Party:
