@@ -17,7 +17,7 @@ from analyzer.certsource import build_source
 from analyzer.extract import request_from_headers
 from analyzer.trustload import load_trust_store
 from shaken.policy import CrlMode, Originator, Policy, TnMatch
-from shaken.verifier import Verifier
+from shaken.verifier import VerificationRequest, Verifier
 from tests.conftest import FIXTURES
 
 VECTORS = [
@@ -26,10 +26,23 @@ VECTORS = [
 ]
 
 
-def _policy(overrides: dict[str, Any]) -> Policy:
+def vector_policy(overrides: dict[str, Any]) -> Policy:
+    """The policy a vector names (its overrides of the defaults)."""
     converters: dict[str, Any] = {"originator": Originator, "tn_match": TnMatch, "crl": CrlMode}
     values: dict[str, Any] = {k: converters.get(k, lambda x: x)(v) for k, v in overrides.items()}
     return replace(Policy(), **values)
+
+
+def vector_request(vector: dict[str, Any]) -> VerificationRequest:
+    """The verification input of a vector, from its header values as on the wire."""
+    return request_from_headers(
+        identities=vector["identities"],
+        from_=vector["from"],
+        to=vector["to"],
+        pai=vector["pai"],
+        date=vector["date"],
+        request_uri=vector["request_uri"],
+    )
 
 
 def verifier_for(policy: Policy) -> Verifier:
@@ -41,15 +54,8 @@ def verifier_for(policy: Policy) -> Verifier:
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["id"] for v in VECTORS])
 def test_vector(vector: dict[str, Any]) -> None:
-    request = request_from_headers(
-        identities=vector["identities"],
-        from_=vector["from"],
-        to=vector["to"],
-        pai=vector["pai"],
-        date=vector["date"],
-        request_uri=vector["request_uri"],
-    )
-    verifier = verifier_for(_policy(vector["policy"]))
+    request = vector_request(vector)
+    verifier = verifier_for(vector_policy(vector["policy"]))
     result = verifier.verify(request, at=datetime.fromtimestamp(vector["at"], UTC))
     expect = vector["expect"]
     summary = json.dumps(result.to_json(), indent=1)[:3000]

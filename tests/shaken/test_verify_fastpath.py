@@ -38,14 +38,11 @@ from shaken.result import VerificationResult, Verstat
 from shaken.source import MemorySource
 from shaken.verifier import VerificationRequest, Verifier
 from tests.conftest import FIXTURES
+from tests.integration.test_verify_vectors import VECTORS, vector_policy, vector_request
 
 CERTS = FIXTURES / "certs"
 KEYS = FIXTURES / "pki" / "keys"
 TRUST = load_trust_store([FIXTURES / "pki" / "trust"])
-VECTORS = [
-    json.loads(line)
-    for line in (FIXTURES / "vectors" / "verify.jsonl").read_text(encoding="utf-8").splitlines()
-]
 
 
 def epoch(year: int, month: int, day: int, second: int = 0) -> int:
@@ -171,7 +168,6 @@ def differential(
 
 # -- every vector --------------------------------------------------------------------------
 
-_CONVERTERS: dict[str, Any] = {"originator": Originator, "tn_match": TnMatch, "crl": CrlMode}
 # Vectors the fast path must answer itself: the clean common case and every credential
 # outcome (the rest are formats and mismatches it leaves to the full checklist).
 ANSWERED = {
@@ -205,19 +201,9 @@ ANSWERED = {
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["id"] for v in VECTORS])
 def test_vector(vector: dict[str, Any]) -> None:
-    policy = replace(
-        Policy(),
-        **{k: _CONVERTERS.get(k, lambda x: x)(v) for k, v in vector["policy"].items()},
+    result, answered = differential(
+        vector_request(vector), vector["at"], vector_policy(vector["policy"])
     )
-    request = request_from_headers(
-        identities=vector["identities"],
-        from_=vector["from"],
-        to=vector["to"],
-        pai=vector["pai"],
-        date=vector["date"],
-        request_uri=vector["request_uri"],
-    )
-    result, answered = differential(request, vector["at"], policy)
     assert result.verstat.value == vector["expect"]["verstat"]
     assert answered == (vector["id"] in ANSWERED)
 
