@@ -1,11 +1,15 @@
-"""Shared test configuration: where the read-only real-world corpus lives (skipped when absent)."""
+"""Shared test configuration: where the read-only real-world corpus lives (skipped when absent),
+the PostgreSQL fixtures, and loading the fixtures' and benchmarks' scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -14,6 +18,21 @@ FIXTURES = ROOT / "fixtures"
 REALWORLD = Path(
     os.environ.get("STIRSCOPE_REALWORLD", ROOT.parent / "shared" / "data" / "realworld")
 )
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of fixtures/ or bench/ (folders that are not packages) as a module, loaded once
+    under its file's stem (the name its siblings load it by)."""
+    name = path.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import random
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any, cast
 
 import pytest
@@ -24,9 +22,8 @@ from analyzer.verifying import VerifierConfig, build_verifier
 from service.cli import main
 from shaken.result import Verstat
 from sip import Request
+from tests.conftest import FIXTURES, load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "fixtures"
 DEMO = FIXTURES / "demo" / "demo.pcap"
 CAPTURES = FIXTURES / "captures"
 TRUST = ["--trust", str(FIXTURES / "pki" / "trust"), "--certs", str(FIXTURES / "certs")]
@@ -35,18 +32,6 @@ REQUIRED_KEYS = {
     "to", "pai", "final_status", "verstat", "status_code", "passports", "anomalies",
 }  # fmt: skip
 DEMO_CALLS = 13
-
-
-def _gen_captures() -> ModuleType:
-    if "gen_captures" in sys.modules:
-        return sys.modules["gen_captures"]
-    spec = importlib.util.spec_from_file_location("gen_captures", FIXTURES / "gen_captures.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_captures"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def analyze(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -235,7 +220,7 @@ def _demo_invite() -> Request:
 
 
 def _tcp_capture(raw: bytes, cuts: list[int], order: list[int], ts_ns: int) -> io.BytesIO:
-    gen = _gen_captures()
+    gen = load_script(FIXTURES / "gen_captures.py")
     a, b, isn = "198.51.100.10", "203.0.113.20", 1000
     buf = io.BytesIO()
     writer = gen.PcapWriter(buf, gen.LINKTYPE_ETHERNET)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import struct
-import sys
 import zlib
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
@@ -23,20 +20,9 @@ from analyzer.hep import (
     hep_to_segment,
     is_hep,
 )
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, load_script
 
-
-def _gen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_captures", FIXTURES / "gen_captures.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_captures", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _gen()
+gen = load_script(FIXTURES / "gen_captures.py")
 
 # The example packet of the HEP3 specification (sipcapture/HEP, "HEP3 Network Protocol
 # Specification"), as transcribed byte by byte with its annotations in the hep-erlang test suite

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
-from types import ModuleType
 
 import pytest
 
@@ -13,22 +10,12 @@ from analyzer.anomaly import Anomaly, AnomalyKind
 from analyzer.frames import Fragment, Segment
 from analyzer.linklayer import LinkDecoder, looks_like_sip_or_hep
 from analyzer.pcapfile import iter_segments
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, load_script
 
 CAPTURES = FIXTURES / "captures"
 
 
-def _gen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_captures", FIXTURES / "gen_captures.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_captures", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _gen()
+gen = load_script(FIXTURES / "gen_captures.py")
 A4, B4, A6, B6 = gen.A4, gen.B4, gen.A6, gen.B6
 INVITE = gen.sip_message("INVITE")
 V4_INVITE = (A4, 5060, B4, 5060, b"INVITE ")

@@ -6,15 +6,12 @@ boundary finder and the partition streams' record counter are exact."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import itertools
 import json
 import multiprocessing
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -34,9 +31,8 @@ from analyzer.records import jsonl_line
 from analyzer.run import AnalyzeJob, AnalyzeOptions
 from analyzer.verifying import VerifierConfig
 from service.cli import main
+from tests.conftest import FIXTURES, ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "fixtures"
 CAPTURES = FIXTURES / "captures"
 DEMO = FIXTURES / "demo" / "demo.pcap"
 TRACEBACK = FIXTURES / "traceback" / "traceback.pcap"
@@ -50,23 +46,13 @@ NS = 1_000_000_000
 CALLS = 200
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CAP = _load("gen_captures", FIXTURES / "gen_captures.py")
+CAP = load_script(FIXTURES / "gen_captures.py")
 
 
 @pytest.fixture(scope="module")
 def bench_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``CALLS`` signed calls with RTP (bench/bench_analyze.py's generator), UDP only."""
-    bench = _load("bench_analyze", ROOT / "bench" / "bench_analyze.py")
+    bench = load_script(ROOT / "bench" / "bench_analyze.py")
     setattr(bench, "CALLS", CALLS)  # noqa: B010 - the generator reads the module global
     path = tmp_path_factory.mktemp("bench") / "bench.pcap"
     bench.build(path)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import dpkt
 import pytest
@@ -16,22 +13,12 @@ import pytest
 from analyzer import pcapfile
 from analyzer.anomaly import Anomaly, AnomalyKind
 from analyzer.pcapfile import NotACaptureError, merge_records, open_capture, read_records
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, load_script
 
 CAPTURES = FIXTURES / "captures"
 
 
-def _gen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_captures", FIXTURES / "gen_captures.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_captures", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _gen()
+gen = load_script(FIXTURES / "gen_captures.py")
 BASE = gen.BASE_TS_NS
 
 

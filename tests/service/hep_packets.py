@@ -7,35 +7,19 @@ signed fixture INVITEs and the responses a UAS would send (RFC 3261 section 8.2.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import struct
-import sys
 import zlib
 from datetime import datetime
-from types import ModuleType
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, load_script
 
 NS = 1_000_000_000
 CALLER = ("198.51.100.10", 5060)
 CALLEE = ("203.0.113.20", 5060)
 
 
-def _load_gen() -> ModuleType:
-    name = "gen_captures"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / "gen_captures.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_gen()
+gen = load_script(FIXTURES / "gen_captures.py")
 
 
 def ts_ns(at: datetime) -> int:
