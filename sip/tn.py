@@ -15,6 +15,7 @@ from sip.uri import Uri, parse_uri
 # Visual separators removed by RFC 8224 section 8.3 (and RFC 3966 section 5.1.1).
 _VISUAL_SEPARATORS = frozenset("-.() ")
 _TN_CHARS = frozenset("0123456789#*")
+_STRIP_VISUAL_SEPARATORS = str.maketrans("", "", "".join(_VISUAL_SEPARATORS))
 # North American Numbering Plan: 10-digit national numbers whose area code starts 2-9
 # (ATIS-0300051 / NANPA numbering format NXX-NXX-XXXX).
 _NANP_NATIONAL_DIGITS = 10
@@ -92,10 +93,13 @@ def canonicalize_tn(value: str, *, default_country_code: str | None = "1") -> Ca
     if international:
         text = text[1:]
         rules.append(TnRule.STRIPPED_PLUS)
-    if any(ch in _VISUAL_SEPARATORS for ch in text):
-        text = "".join(ch for ch in text if ch not in _VISUAL_SEPARATORS)
+    # Set operations over the string's characters: one C loop each, where a generator over
+    # the characters costs a Python step per digit (this runs for every identity of every
+    # request the verification service is given).
+    if not _VISUAL_SEPARATORS.isdisjoint(text):
+        text = text.translate(_STRIP_VISUAL_SEPARATORS)
         rules.append(TnRule.STRIPPED_VISUAL_SEPARATORS)
-    if not text or not all(ch in _TN_CHARS for ch in text):
+    if not text or not _TN_CHARS.issuperset(text):
         return None
     if not international:
         if len(text) <= MAX_SPECIAL_NUMBER_DIGITS:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip import (
     IdentityKind,
@@ -349,3 +351,30 @@ def test_response_bytes_are_response_to_without_the_parse(status: int) -> None:
         response_bytes(req, status, "Phrase", [("Reason", "a\r\nVia: evil")])
     with pytest.raises(ValueError, match="out of range"):
         response_bytes(req, 99, "Phrase")
+
+
+def _reference_strip_and_check(text: str) -> tuple[str, bool, bool]:
+    """The separator strip and character check of ``canonicalize_tn`` one character at a time
+    (how it was written before its set operations): (text, stripped, acceptable)."""
+    separators = "-.() "
+    stripped = any(ch in separators for ch in text)
+    if stripped:
+        text = "".join(ch for ch in text if ch not in separators)
+    return text, stripped, bool(text) and all(ch in "0123456789#*" for ch in text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789#*-.() +;%ab\u0661\u00a0", max_size=24))
+def test_canonicalize_separator_rules_match_the_character_loop(value: str) -> None:
+    result = canonicalize_tn(value)
+    text = value.strip()
+    if "%" in text or ";" in text:
+        return  # decoding and parameters come first; covered by the examples above
+    text = text[1:] if text.startswith("+") else text
+    expected, stripped, acceptable = _reference_strip_and_check(text)
+    if not acceptable:
+        assert result is None
+        return
+    assert result is not None
+    assert (TnRule.STRIPPED_VISUAL_SEPARATORS in result.rules) == stripped
+    assert result.tn.endswith(expected)
