@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +72,11 @@ def _fresh_identity(now: int) -> str:
     key = load_pem_private_key((FIXTURES / "pki/keys/alpha.key.pem").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     payload = shaken_payload(
-        attest="A", orig_tn="12025550101", dest_tns=["12025550199"], iat=now, origid="bench"
+        attest="A",
+        orig_tn="12025550101",
+        dest_tns=["12025550199"],
+        iat=now,
+        origid=str(uuid.uuid4()),
     )
     return identity_header_value(sign_passport(key, x5u=X5U, payload=payload), x5u=X5U)
 
