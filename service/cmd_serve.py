@@ -41,11 +41,12 @@ EXIT_USAGE = 2
 # Seconds in-flight requests get after SIGTERM before connections are closed: the common
 # orchestrator grace period (Kubernetes terminationGracePeriodSeconds defaults to 30).
 GRACEFUL_SHUTDOWN_S = 30
-# uvicorn's HTTP/1.1 parser: httptools (C, from uvicorn[standard]), named because "auto" would
-# fall back to h11 (pure Python, several times the cost per request) without a word if it went
-# missing. The event loop stays "auto": uvloop wherever it is installed (uvicorn[standard]
-# installs it except on Windows), asyncio's elsewhere.
-UVICORN_HTTP = "httptools"
+# uvicorn's HTTP/1.1 protocol: httptools (C, from uvicorn[standard]) with one send per response
+# and the verification route answered inline (service.api.protocol), named because "auto" would
+# fall back to h11 (pure Python, several times the cost per request) without a word if
+# httptools went missing. The event loop stays "auto": uvloop wherever it is installed
+# (uvicorn[standard] installs it except on Windows), asyncio's elsewhere.
+UVICORN_HTTP = "service.api.protocol:StirHttpProtocol"
 UVICORN_LOOP = "auto"
 
 # Options of add_verifier_options whose argparse defaults must not mask lower layers

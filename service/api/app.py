@@ -31,7 +31,8 @@ from service.api import jobs, jobs_data, ops, stir
 from service.api.auth import KeyRing
 from service.api.direct import DirectRoutes
 from service.api.errors import install_error_handlers
-from service.api.metrics import ApiMetrics, ObservabilityMiddleware
+from service.api.hotpath import HOT_ATTRIBUTE, HotVerification
+from service.api.metrics import ApiMetrics, ObservabilityMiddleware, Observer
 from service.api.state import STATE_ATTRIBUTE, VERIFY_THREADS, ServiceState, Signer
 from service.config import (
     ServeConfig,
@@ -132,6 +133,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.metrics = metrics
+    observer = Observer(metrics, access=config.access_log)
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(stir.router)
@@ -139,7 +141,14 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(web.router)
     # Outermost last: the observability middleware sees every request, the direct routes too.
     app.add_middleware(DirectRoutes, routes=stir.direct_routes())
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, access=config.access_log)
+    # The verification route answered inside the HTTP protocol (service.api.protocol).
+    (verification_route,) = stir.direct_routes()
+    setattr(
+        app.state,
+        HOT_ATTRIBUTE,
+        HotVerification(app, verification_route, observer, max_body_bytes=config.max_body_bytes),
+    )
+    app.add_middleware(ObservabilityMiddleware, observer=observer)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

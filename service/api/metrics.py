@@ -214,21 +214,62 @@ def _client_request_id(scope: Scope) -> str | None:
     return None
 
 
-class ObservabilityMiddleware:
-    """Pure ASGI middleware: request id, per-route counters and latency, JSON access log."""
+class Observer:
+    """Request ids, per-route counters and latency, and the JSON access log: what the
+    observability middleware does around every request, and the direct verification path
+    (``service.api.hotpath``) around the requests it answers without the middleware."""
 
-    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics, access: bool) -> None:
-        self.app = app
+    def __init__(self, metrics: ApiMetrics, *, access: bool) -> None:
         self.metrics = metrics
         self.access = access
         self._ids = random.Random()  # seeded from os.urandom once, here
+
+    def request_id(self, scope: Scope) -> str:
+        """The client's X-RequestID (when usable) or a new id."""
+        return _client_request_id(scope) or f"{self._ids.getrandbits(REQUEST_ID_BITS):032x}"
+
+    def finish(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+        """Count and log one answered request (``scope["route"]`` names its template)."""
+        route: Any = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        self.metrics.count_request(method, template, status, elapsed)
+        if self.access and access_log.isEnabledFor(logging.INFO):
+            # ``access_log.info`` without its search of the stack for the caller's file and
+            # line (a sixth of the line's cost; no log format shows them).
+            record = access_log.makeRecord(
+                access_log.name,
+                logging.INFO,
+                "",
+                0,
+                "request",
+                (),
+                None,
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "path": scope.get("path", ""),
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+            access_log.handle(record)
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI middleware: request id, per-route counters and latency, JSON access log."""
+
+    def __init__(self, app: ASGIApp, *, observer: Observer) -> None:
+        self.app = app
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = _client_request_id(scope) or f"{self._ids.getrandbits(REQUEST_ID_BITS):032x}"
+        observer = self.observer
+        request_id = observer.request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id
         id_header = (REQUEST_ID_HEADER.encode("latin-1"), request_id.encode("latin-1"))
         status = 500
@@ -243,28 +284,4 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - start
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.count_request(method, template, status, elapsed)
-            if self.access and access_log.isEnabledFor(logging.INFO):
-                # ``access_log.info`` without its search of the stack for the caller's file and
-                # line (a sixth of the line's cost; no log format shows them).
-                record = access_log.makeRecord(
-                    access_log.name,
-                    logging.INFO,
-                    "",
-                    0,
-                    "request",
-                    (),
-                    None,
-                    extra={
-                        "request_id": request_id,
-                        "method": method,
-                        "path": scope.get("path", ""),
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
-                access_log.handle(record)
+            observer.finish(scope, request_id, status, time.perf_counter() - start)

@@ -193,16 +193,22 @@ async def read_body(receive: asgi.Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_json_object(
-    headers: Mapping[str, str], receive: asgi.Receive, limit: int
-) -> dict[str, Any]:
-    """The request body as a JSON object, or the ATIS error for what is wrong with it."""
+def check_json_request(headers: Mapping[str, str], limit: int) -> None:
+    """What the headers alone tell is wrong with a JSON request: a response type the client
+    does not accept (406) or a declared body over ``limit`` bytes (413)."""
     accept = headers.get("accept")
     if not _accepts_json(accept):
         raise ApiError(ErrorCode.UNSUPPORTED_RESPONSE_TYPE, accept or "")
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(limit))
+
+
+async def read_json_object(
+    headers: Mapping[str, str], receive: asgi.Receive, limit: int
+) -> dict[str, Any]:
+    """The request body as a JSON object, or the ATIS error for what is wrong with it."""
+    check_json_request(headers, limit)
     return json_object(await read_body(receive, limit), headers.get("content-type", ""))
 
 
@@ -312,7 +318,7 @@ def verification_json(
 _READ_HEADERS = frozenset({b"accept", b"authorization", b"content-length", b"content-type"})
 
 
-def _headers(scope: asgi.Scope) -> dict[str, str]:
+def request_headers(scope: asgi.Scope) -> dict[str, str]:
     """The headers in ``_READ_HEADERS``, the first of each (as ``Headers.get`` reads them),
     decoded as Latin-1; the others are not decoded at all."""
     found: dict[str, str] = {}
@@ -326,7 +332,7 @@ async def serve_verification(scope: asgi.Scope, receive: asgi.Receive, send: asg
     """``POST /stir/v1/verification`` as a plain ASGI app. ``ApiError`` is answered here with
     the body the exception handlers give it; anything else propagates to them (500)."""
     try:
-        content = await _verification(scope["app"], _headers(scope), scope, receive)
+        content = await _verification(scope["app"], request_headers(scope), scope, receive)
     except ApiError as exc:
         await error_response(exc.code, *exc.variables, headers=exc.headers)(scope, receive, send)
         return
@@ -340,31 +346,80 @@ async def serve_verification(scope: asgi.Scope, receive: asgi.Receive, send: asg
     await send({"type": "http.response.body", "body": content})
 
 
+# Set in a request's scope by the direct path (``service.api.hotpath``) when it found that the
+# verification needs a certificate or CRL fetched: the ASGI path then goes to the pool at once.
+COLD_SCOPE_KEY = "stirscope.cold"
+
+
+def _preamble(state: ServiceState, headers: Mapping[str, str], scope: asgi.Scope) -> Flavour | None:
+    """The checks before the body, in the order their errors take precedence: the API key,
+    the ``flavour`` query, the media types and the declared length. The asked flavour."""
+    if not state.config.open_verification:
+        authorize(state.keyring, headers.get("authorization"), Scope.VERIFY)
+    flavour = _flavour(scope.get("query_string", b""))
+    check_json_request(headers, state.config.max_body_bytes)
+    return flavour
+
+
+def _answer(
+    app: Starlette,
+    result: VerificationResult,
+    started: float,
+    flavour: Flavour,
+    request_id: str | None,
+) -> bytes:
+    metrics: ApiMetrics = app.state.metrics
+    metrics.count_verification(
+        result.verstat.value,
+        result.reason.value if result.reason else "none",
+        time.perf_counter() - started,
+    )
+    return verification_json(result, flavour, request_id)
+
+
 async def _verification(
     app: Starlette, headers: Mapping[str, str], scope: asgi.Scope, receive: asgi.Receive
 ) -> bytes:
     state = app_state(app)
-    if not state.config.open_verification:
-        authorize(state.keyring, headers.get("authorization"), Scope.VERIFY)
-    flavour = _flavour(scope.get("query_string", b""))
-    metrics: ApiMetrics = app.state.metrics
-    body = await read_json_object(headers, receive, state.config.max_body_bytes)
+    flavour = _preamble(state, headers, scope)
+    limit = state.config.max_body_bytes
+    body = json_object(await read_body(receive, limit), headers.get("content-type", ""))
     core, shape, request_id = verification_input(body)
     at = datetime.fromtimestamp(state.config.clock(), UTC)
     started = time.perf_counter()
-    if state.verify_cached is None:
+    if state.verify_cached is None or scope.get(COLD_SCOPE_KEY):
         result = await _verify_in_pool(state, core, at)
     else:
         try:
             result = state.verify_cached(core, at)
         except WouldBlock:  # a certificate or CRL to fetch first
             result = await _verify_in_pool(state, core, at)
-    metrics.count_verification(
-        result.verstat.value,
-        result.reason.value if result.reason else "none",
-        time.perf_counter() - started,
-    )
-    return verification_json(result, flavour or shape, request_id)
+    return _answer(app, result, started, flavour or shape, request_id)
+
+
+def verification_now(
+    app: Starlette, headers: Mapping[str, str], scope: asgi.Scope, body: bytes
+) -> bytes | None:
+    """The verification route's 200 body for a request whose body has been read, computed
+    on the event loop: the same checks, in the same order, as the ASGI path (``ApiError``
+    for the first that fails), then the warm-cache verification. None, with
+    ``COLD_SCOPE_KEY`` set in ``scope``, when a certificate or CRL must be fetched first
+    (that must not happen on the loop), or when the server verifies in the pool only."""
+    state = app_state(app)
+    flavour = _preamble(state, headers, scope)
+    if len(body) > state.config.max_body_bytes:
+        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(state.config.max_body_bytes))
+    core, shape, request_id = verification_input(json_object(body, headers.get("content-type", "")))
+    if state.verify_cached is None:
+        return None
+    at = datetime.fromtimestamp(state.config.clock(), UTC)
+    started = time.perf_counter()
+    try:
+        result = state.verify_cached(core, at)
+    except WouldBlock:
+        scope[COLD_SCOPE_KEY] = True
+        return None
+    return _answer(app, result, started, flavour or shape, request_id)
 
 
 async def _verify_in_pool(

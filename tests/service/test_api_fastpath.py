@@ -41,6 +41,7 @@ from service.api.models import (
     atis_verification,
     gpp_verification,
 )
+from service.api.protocol import StirHttpProtocol
 from service.api.state import ServiceState
 from service.cmd_serve import UVICORN_HTTP, UVICORN_LOOP
 from service.config import JsonFormatter
@@ -394,7 +395,8 @@ def test_serve_runs_on_httptools_and_uvloop() -> None:
         app, http=UVICORN_HTTP, loop=UVICORN_LOOP, lifespan="off", log_config=None
     )
     config.load()
-    assert config.http_protocol_class is HttpToolsProtocol
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)  # httptools, not h11
+    assert config.http_protocol_class is StirHttpProtocol
     factory = config.get_loop_factory()
     assert factory is not None
     loop = factory()

@@ -1,0 +1,246 @@
+"""The service's HTTP protocol (service.api.protocol) against uvicorn's own httptools protocol:
+the same bytes for every request, the verification route answered inline when it can be.
+
+Both protocols are driven in-process over a recording transport, each with its own app (its own
+verifier, cold at first), by the same byte streams: single requests of every kind the route
+answers (passes, failures, each ATIS error, 3GPP, a certificate not cached yet), a body cut
+across reads, pipelined requests, a client expecting 100 Continue, ``Connection: close``.
+Answers are compared byte for byte except the Date header and generated request ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from service.api.app import create_app
+from service.api.hotpath import HotVerification, hot_route
+from service.api.protocol import CoalescingTransport, StirHttpProtocol
+from tests.service.api_client import KEYS, atis_body, fixture_call, gpp_body, make_config
+
+VERIFY = b"/stir/v1/verification"
+# Calls of the fixtures: a pass, a diversion, a failure (a tampered PASSporT).
+CALLS = ("invite_alpha_a.sip", "invite_diverted.sip", "invite_tampered.sip")
+
+
+class RecordingTransport:
+    """What uvicorn's protocol needs of a transport; keeps what is written, and each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    @property
+    def output(self) -> bytes:
+        return b"".join(self.writes)
+
+
+def _request(
+    body: bytes,
+    *,
+    path: bytes = VERIFY,
+    key: str | None = "verifier",
+    extra: Sequence[bytes] = (),
+    content_type: bytes = b"application/json",
+) -> bytes:
+    head = [b"POST " + path + b" HTTP/1.1", b"Host: stirscope.test"]
+    head.append(b"Content-Type: " + content_type)
+    if key is not None:
+        head.append(b"Authorization: Bearer " + KEYS[key][0].encode())
+    head.extend(extra)
+    head.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _responses(stream: bytes) -> list[tuple[bytes, bytes]]:
+    """(head without Date and generated ids, body) of each response in ``stream``."""
+    found = []
+    while stream:
+        end = stream.index(b"\r\n\r\n") + 4
+        head, stream = stream[:end], stream[end:]
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        size = int(length.group(1)) if length else 0
+        body, stream = stream[:size], stream[size:]
+        head = re.sub(rb"(?im)^date: [^\r]*\r\n", b"", head)
+        head = re.sub(rb"(?im)^(x-requestid: )[0-9a-f]{32}\r\n", rb"\1<generated>\r\n", head)
+        found.append((head, body))
+    return found
+
+
+async def _drive(
+    app: FastAPI, http: type[HttpToolsProtocol] | str, chunks: Sequence[bytes], answers: int
+) -> RecordingTransport:
+    config = Config(app=app, http=http, lifespan="off", log_config=None, server_header=False)
+    config.load()
+    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        config=config, server_state=ServerState(), app_state={}
+    )
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    for chunk in chunks:
+        protocol.data_received(chunk)
+        await asyncio.sleep(0)
+    for _ in range(2000):  # a fetch in the pool takes a few turns of the loop
+        if len([h for h, _ in _responses(transport.output) if b" 100 " not in h]) >= answers:
+            break
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0)  # the coalesced write of the last answer
+    return transport
+
+
+def _scenarios() -> list[tuple[str, list[bytes], int]]:
+    """(name, byte chunks as the client sends them, answers expected). Each runs after a
+    first verification has warmed the certificate cache, except the one named cold."""
+    atis = [_json(atis_body(fixture_call(name))) for name in CALLS]
+    tn_form = _json(atis_body(fixture_call(CALLS[0]), tn_form=True))
+    gpp = [_json(gpp_body(fixture_call(name))) for name in CALLS[:2]]
+    one = _request(atis[0], extra=[b"X-RequestID: client-1"])
+    return [
+        ("cold", [_request(atis[0])], 1),
+        *((f"atis-{i}", [_request(body)], 1) for i, body in enumerate(atis)),
+        ("tn-form", [_request(tn_form)], 1),
+        ("3gpp", [_request(gpp[0])], 1),
+        ("3gpp-two-signers", [_request(gpp[1])], 1),
+        ("flavour-query", [_request(atis[0], path=VERIFY + b"?flavour=3gpp")], 1),
+        ("bad-flavour", [_request(atis[0], path=VERIFY + b"?flavour=x")], 1),
+        ("client-request-id", [one], 1),
+        ("no-key", [_request(atis[0], key=None)], 1),
+        ("sign-only-key", [_request(atis[0], key="signer")], 1),
+        ("not-json", [_request(b"{", content_type=b"application/json")], 1),
+        ("wrong-media", [_request(atis[0], content_type=b"text/plain")], 1),
+        ("not-acceptable", [_request(atis[0], extra=[b"Accept: text/html"])], 1),
+        ("empty", [_request(b"")], 1),
+        ("missing-member", [_request(_json({"verificationRequest": {"to": {"tn": "1"}}}))], 1),
+        ("too-large", [_request(b" " * 70_000 + atis[0])], 1),
+        ("split-body", [one[:-40], one[-40:-10], one[-10:]], 1),
+        ("pipelined", [_request(atis[0]) + _request(b"{") + _request(atis[2])], 3),
+        ("expect-100", [_request(atis[0], extra=[b"Expect: 100-continue"])], 1),
+        ("close", [_request(atis[0], extra=[b"Connection: close"])], 1),
+    ]
+
+
+SCENARIOS = _scenarios()
+WARM_UP = _request(_json(atis_body(fixture_call(CALLS[0]))))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "answers"), [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
+)
+def test_same_bytes_as_uvicorn(
+    request: pytest.FixtureRequest, tmp_path: Path, chunks: list[bytes], answers: int
+) -> None:
+    outputs = []
+    for http in ("httptools", StirHttpProtocol):
+        config = make_config(tmp_path, max_body_bytes=64 * 1024)
+        app = create_app(config)
+
+        async def run(app: FastAPI = app, http: Any = http) -> RecordingTransport:
+            async with app.router.lifespan_context(app):
+                if request.node.callspec.id != "cold":
+                    await _drive(app, http, [WARM_UP], 1)
+                return await _drive(app, http, chunks, answers)
+
+        transport = asyncio.run(run())
+        outputs.append((_responses(transport.output), transport.closed))
+    assert outputs[0] == outputs[1]
+    assert len([h for h, _ in outputs[0][0] if b" 100 " not in h]) == answers
+
+
+def test_warm_verifications_are_answered_inline_in_one_write(tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path))
+    bodies = [_request(_json(atis_body(fixture_call(name)))) for name in CALLS]
+
+    async def run() -> tuple[list[RecordingTransport], list[bool]]:
+        async with app.router.lifespan_context(app):
+            hot = hot_route(app)
+            assert isinstance(hot, HotVerification)
+            inline: list[bool] = []
+            answer = hot.answer
+
+            def counted(scope: Any, body: bytes) -> Any:
+                result = answer(scope, body)
+                inline.append(result is not None)
+                return result
+
+            hot.answer = counted  # type: ignore[method-assign]
+            cold = await _drive(app, StirHttpProtocol, bodies, len(bodies))
+            warm = await _drive(app, StirHttpProtocol, bodies, len(bodies))
+            return [cold, warm], inline
+
+    (cold, warm), inline = asyncio.run(run())
+    # The first request needed its certificate loaded (the pool); the rest were inline.
+    assert inline == [False, True, True, True, True, True]
+    answers = _responses(warm.output)
+    assert [b"200 OK" in head for head, _ in answers] == [True, True, True]
+    assert len(warm.writes) == 3  # head and body of each answer in one write
+    assert _responses(cold.output)[1:] == answers[1:]
+    metrics = asyncio.run(_metrics(app))
+    assert 'stirscope_http_requests_total{method="POST",route="/stir/v1/verification"' in metrics
+
+
+async def _metrics(app: FastAPI) -> str:
+    async with app.router.lifespan_context(app):
+        transport = await _drive(
+            app, StirHttpProtocol, [b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"], 1
+        )
+    return _responses(transport.output)[0][1].decode()
+
+
+def test_coalescing_transport_keeps_order_and_flushes_before_close() -> None:
+    async def run() -> RecordingTransport:
+        inner = RecordingTransport()
+        transport = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.write(b"a")
+        transport.write(b"")
+        transport.writelines([b"b", bytearray(b"c")])
+        assert inner.writes == []
+        assert transport.get_write_buffer_size() == 3
+        await asyncio.sleep(0)
+        assert inner.writes == [b"abc"]
+        transport.write(b"d")
+        transport.close()  # what was gathered goes first
+        assert inner.writes == [b"abc", b"d"]
+        assert inner.closed
+        transport.write(b"e")
+        await asyncio.sleep(0)
+        assert inner.writes == [b"abc", b"d"]  # nothing after close
+        return inner
+
+    asyncio.run(run())
