@@ -154,7 +154,9 @@ _E164_URI = (
     r"(?:sips?:\+([0-9]+)@[A-Za-z0-9.\-]+(?::[0-9]+)?(?:;[A-Za-z0-9_=.\-~]*)*"
     r"|tel:\+([0-9]+)(?:;[A-Za-z0-9_=.\-~]*)*)"
 )
-_E164_NAME_ADDR_RE = re.compile(r"\s*<" + _E164_URI + r">.*", re.DOTALL)
+# An optional quoted display name first (``"Alpha Caller" <sip:...>``, what most user agents
+# send), without escapes: anything else in a display name takes the general path.
+_E164_NAME_ADDR_RE = re.compile(r'\s*(?:"[^"\\\r\n]*"\s*)?<' + _E164_URI + r">.*", re.DOTALL)
 # The same URI shape as a Request-URI (written bare, RFC 3261 section 7.1).
 _E164_URI_RE = re.compile(_E164_URI)
 

@@ -25,7 +25,20 @@ from shaken.party import Party, PartyKind
 from sip import SipParseError, parse_message
 
 PIECES = {
-    "lead": ["", "", " ", "\t", "\u00a0", '"Alice" ', "Alice ", '"a>b" '],
+    "lead": [
+        *("", "", " ", "\t", "\u00a0", '"Alice" ', "Alice ", '"a>b" ', '"Alpha Caller" '),
+        *(
+            '"Alpha Caller"',
+            '"" ',
+            ' "x"\t',
+            '"a\\"b" ',
+            '"a\\\\" ',
+            '"a"b" ',
+            '"a<b" ',
+            '"\u00e9" ',
+        ),
+        *('"a\r\n b" ', '"a', '"a" "b" ', "'a' "),
+    ],
     "open": ["<", "<", "<", "", " <"],
     "scheme": ["sip:", "sip:", "sips:", "tel:", "SIP:", "http:", "sip"],
     "plus": ["+", "+", "+", "", "%2B"],
