@@ -5,7 +5,8 @@ Theory of operation. ``SipServerCore.receive(data, at=...)`` parses one message 
 run through a verifier (INVITE), or nothing (ACK, unanswerable input, counted by reason). The
 caller runs the job wherever it likes (the asyncio server on its loop when the certificate is
 cached, else in a thread pool; tests call the verifier inline) and hands the result to
-``complete``, which builds the answer:
+``complete``, which builds the answer (a caller with no room for a verification passes
+``shed=True`` and a new INVITE is answered 503 straight away, ``Action.SHED``):
 
 * default policy: ``302 Moved Temporarily`` with a Contact carrying the original Request-URI,
   the P-Asserted-Identity values with ``verstat`` added (3GPP TS 24.229 section 7.2A.20), the
@@ -47,6 +48,7 @@ from analyzer.sipanswer import (
 from shaken.result import VerificationResult, Verstat
 from shaken.verifier import VerificationRequest
 from sip import Request, Response, SipParseError, parse_message
+from sip.build import to_is_tagged
 from sip.defects import SipReason
 from sip.limits import MAX_MESSAGE_BYTES
 
@@ -109,6 +111,10 @@ _ACK_VERSION = b" SIP/2.0"
 _MAX_ACK_LINE = 8 * 1024
 _INFO_URL = re.compile(r";\s*info\s*=\s*<([^>]*)>", re.IGNORECASE)
 _URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+# A Request-URI opening with one of those schemes: ``Request.uri`` can only give that scheme
+# (its parse reads the scheme up to the first colon), so the URI need not be parsed for the
+# check of RFC 3261 section 8.2.2.1.
+_URI_SCHEME_PREFIX = re.compile(r"(?:sips?|tel):", re.IGNORECASE)
 
 
 class Action(StrEnum):
@@ -118,6 +124,7 @@ class Action(StrEnum):
     VERIFY = "verify"  # verify ``job``, then ``complete``; send ``response`` (100) first if set
     RETRANSMIT = "retransmit"  # resend ``response`` (the stored answer); None: still pending
     ABSORB = "absorb"  # an ACK: nothing to send
+    SHED = "shed"  # an INVITE the caller has no room for: send ``response`` (503, stored)
     DROP = "drop"  # not answerable: nothing to send, ``drop`` says why
 
 
@@ -239,8 +246,11 @@ class SipServerCore:
         """Transactions currently remembered (bounded by ``max_transactions``)."""
         return len(self._transactions)
 
-    def receive(self, data: bytes, *, at: datetime) -> Decision:
+    def receive(self, data: bytes, *, at: datetime, shed: bool = False) -> Decision:
         """Decide what to do with one datagram or framed stream message arriving at ``at``.
+        ``shed``: the caller has no room for a verification now; a new INVITE is then
+        answered 503 at once (``Action.SHED``) instead of becoming a job, which an overloaded
+        server would only throw away.
 
         RFC 3261 sections 8.2, 17.2.3 and 18.3.
         """
@@ -258,15 +268,17 @@ class SipServerCore:
             message = parse_message(data)
         except SipParseError:
             return self._dropped(DropReason.UNPARSEABLE)
-        return self._message(message, at)
+        return self._message(message, at, shed)
 
-    def receive_message(self, message: Request | Response, *, at: datetime) -> Decision:
+    def receive_message(
+        self, message: Request | Response, *, at: datetime, shed: bool = False
+    ) -> Decision:
         """``receive`` for a message already parsed (a TCP framer's output).
 
         RFC 3261 sections 8.2 and 17.2.3.
         """
         self._expire(_now(at))
-        return self._message(message, at)
+        return self._message(message, at, shed)
 
     @staticmethod
     def _is_ack_line(data: bytes) -> bool:
@@ -279,10 +291,10 @@ class SipServerCore:
         self.stats.acks += 1
         return _ABSORBED_ACK
 
-    def _message(self, message: Request | Response, at: datetime) -> Decision:
+    def _message(self, message: Request | Response, at: datetime, shed: bool) -> Decision:
         if isinstance(message, Response):
             return self._dropped(DropReason.STRAY_RESPONSE)
-        return self._request(message, at)
+        return self._request(message, at, shed)
 
     def _dropped(self, reason: DropReason, method: str | None = None) -> Decision:
         self.stats.drops[reason.value] += 1
@@ -333,7 +345,7 @@ class SipServerCore:
             branch = f"2543|{request.call_id}|{from_tag}|{seq}|{branch}"
         return (branch, via.sent_by.lower(), method)
 
-    def _request(self, request: Request, at: datetime) -> Decision:
+    def _request(self, request: Request, at: datetime, shed: bool = False) -> Decision:
         method = request.method
         self.stats.requests[method] += 1
         if not self._answerable(request):
@@ -353,7 +365,7 @@ class SipServerCore:
             return self._remember(key, at, self._reply(request, *bad))
         if method == "CANCEL":
             return self._remember(key, at, self._cancel(request))
-        if request.to is not None and request.to.tag is not None:
+        if to_is_tagged(request):
             # An in-dialog request: this server never creates dialogs (RFC 3261 section 12.2.2).
             return self._remember(
                 key, at, self._reply(request, 481, "Call/Transaction Does Not Exist")
@@ -366,6 +378,9 @@ class SipServerCore:
         if method == "OPTIONS":
             return self._remember(key, at, self._reply(request, 200, "OK", self._capabilities()))
         if method == "INVITE":
+            if shed:
+                data = self._shed_response(request)
+                return self._remember(key, at, Decision(Action.SHED, data, 503, method))
             return self._invite(request, key, at)
         if method in KNOWN_METHODS:
             allow = [("Allow", ", ".join(ALLOWED_METHODS))]
@@ -386,7 +401,9 @@ class SipServerCore:
         cseq = request.cseq
         if cseq is None or cseq.method != request.method:
             return 400, "Bad Request"  # section 8.2.6 / 20.16: CSeq method must match
-        if request.method not in ("ACK", "CANCEL"):
+        if request.method not in ("ACK", "CANCEL") and not _URI_SCHEME_PREFIX.match(
+            request.uri_text
+        ):
             uri = request.uri
             if uri is None or uri.scheme not in _URI_SCHEMES:
                 return 416, "Unsupported URI Scheme"  # section 8.2.2.1
@@ -485,11 +502,14 @@ class SipServerCore:
     def shed(self, job: VerificationJob) -> bytes:
         """503 with Retry-After for a job the server has no room for (RFC 3261 section 21.5.4
         and 20.33); stored, so retransmissions get the same answer without verifying."""
-        data = self._build(
-            job.request, 503, "Service Unavailable", [("Retry-After", str(self.retry_after_s))]
-        )
+        data = self._shed_response(job.request)
         self._finish(job, data)
         return data
+
+    def _shed_response(self, request: Request) -> bytes:
+        return self._build(
+            request, 503, "Service Unavailable", [("Retry-After", str(self.retry_after_s))]
+        )
 
     def fail(self, job: VerificationJob) -> bytes:
         """500 when the verifier itself broke (a bug, never a verdict; RFC 3261 21.5.1)."""

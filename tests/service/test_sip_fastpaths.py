@@ -1,0 +1,175 @@
+"""The SIP verification server's shortcuts against the parses they stand in for.
+
+``sip.build.plain_tag`` reads the tag of a plain From/To value without a name-addr parse,
+``to_is_tagged`` and ``derive_to_tag`` use it, the core checks the Request-URI scheme from its
+first characters, and an INVITE the server has no room for is answered 503 by the core without
+becoming a job (``receive(..., shed=True)``). Each must give exactly what the reference gives:
+the same tag, the same decision, the same bytes. RFC 3261 sections 8.2.2.1, 12.2, 17.2.3,
+19.3, 20.10 and 21.5.4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from analyzer.sipserver import _URI_SCHEME_PREFIX, _URI_SCHEMES, Action, SipServerCore
+from sip import Request, derive_to_tag, parse_message, parse_name_addr, response_bytes
+from sip.build import plain_tag, to_is_tagged
+from tests.service.invites import FIXTURE_AT, build_invite, fixture_call, with_branch
+
+# Characters that matter to a name-addr parse (quotes, escapes, brackets, separators, blanks)
+# and a few ordinary ones, so that generated values hit every branch of the grammar.
+_TRICKY = st.sampled_from(list('"\\<>;=,: \t@+aAtTgG1.-_%~\x7f\u00e9\u2028'))
+_PARAMS = st.lists(
+    st.tuples(
+        st.sampled_from(["tag", "TAG", "Tag", "user", "x", "", "tag ", " tag"]),
+        st.one_of(st.none(), st.sampled_from(["", "abc", "1234SIPpTag001", "a b", '"q"', "x=y"])),
+    ),
+    max_size=3,
+)
+
+
+@st.composite
+def name_addrs(draw: st.DrawFn) -> str:
+    """From/To values: the shapes seen on the wire, with tricky characters mixed in."""
+    display = draw(
+        st.sampled_from(["", '"Alpha Caller" ', '"Al\\"pha" ', "Alpha ", '"a<b>" ', '"x"'])
+    )
+    uri = draw(
+        st.sampled_from(
+            [
+                "sip:+12025550101@alpha.example;user=phone",
+                "tel:+12025550101",
+                "sip:a@b",
+                "sip:a b@c",
+                "sip:a@b?x=y",
+                "sip:a@b>",
+                "",
+            ]
+        )
+    )
+    bracket = draw(st.booleans())
+    params = "".join(
+        f";{name}" if value is None else f";{name}={value}" for name, value in draw(_PARAMS)
+    )
+    junk = draw(st.text(_TRICKY, max_size=3))
+    where = draw(st.integers(0, 3))
+    value = f"{display}<{uri}>{params}" if bracket else f"{uri}{params}"
+    return [value, junk + value, value + junk, value.replace(";", junk, 1)][where]
+
+
+def reference_tag(value: str) -> tuple[bool, str | None]:
+    """(parses, tag) through ``parse_name_addr``."""
+    parsed = parse_name_addr(value)
+    return (parsed is not None, parsed.tag if parsed is not None else None)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(name_addrs(), st.text(_TRICKY, max_size=40)))
+@example('"Alpha Caller" <sip:+12025550101@alpha.example;user=phone>;tag=1234SIPpTag001')
+@example("<sip:+12025550199@bravo.example;user=phone>")
+@example("<sip:a@b>;TAG=x;tag=y")
+@example("<sip:a@b>;tag")
+@example("<sip:a@b>;tag=")
+@example("<sip:a@b>;;tag=x")
+@example("  <sip:a@b>;tag=x\t")
+@example("Bob <sip:a@b>;tag=x")
+def test_plain_tag_is_the_parsed_tag(value: str) -> None:
+    plain, tag = plain_tag(value)
+    if plain:
+        assert reference_tag(value) == (True, tag)
+
+
+def test_plain_tag_covers_the_common_shapes() -> None:
+    """The shortcut is taken for what SBCs and sipp send (or it would save nothing)."""
+    sipp_from = '"Alpha Caller" <sip:+12025550101@alpha.example;user=phone>;tag=1234SIPpTag001'
+    for value, tag in [
+        (sipp_from, "1234SIPpTag001"),
+        ("<sip:+12025550199@bravo.example;user=phone>", None),
+        ("<tel:+12025550199>;tag=a1b2", "a1b2"),
+        ("Bob <sip:bob@example.com>;tag=x;foo", "x"),
+        ("<sip:a@b>;Tag=", ""),
+    ]:  # fmt: skip
+        assert plain_tag(value) == (True, tag)
+        assert reference_tag(value) == (True, tag)
+    for value in ("sip:a@b;tag=x", '"a\\"b" <sip:a@b>', "<sip:a@b> ;tag=x", "<sip:é@b>"):
+        assert plain_tag(value) == (False, None)
+
+
+def _request(to: str, from_: str) -> Request:
+    data = build_invite(identities=[], date=None, branch="z9hG4bK-f", call_id="c1").decode()
+    replaced = {"To": f"To: {to}", "From": f"From: {from_}"}
+    lines = [replaced.get(line.partition(":")[0], line) for line in data.split("\r\n")]
+    message = parse_message("\r\n".join(lines).encode())
+    assert isinstance(message, Request)
+    return message
+
+
+def reference_to_tag(request: Request) -> str:
+    """``derive_to_tag`` as written before the shortcut: through the parsed From."""
+    from_tag = request.from_.tag if request.from_ else ""
+    branch = request.via[0].branch if request.via else ""
+    seed = f"{request.call_id}\x00{from_tag}\x00{branch}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(seed).hexdigest()[:16]
+
+
+@settings(max_examples=600, deadline=None)
+@given(name_addrs(), name_addrs())
+def test_to_tag_and_derived_tag_match_the_parse(to: str, from_: str) -> None:
+    if "\t" in to + from_ or to.strip() != to or from_.strip() != from_:
+        return  # header values are stripped by the parser: those are other values
+    request = _request(to, from_)
+    to_value = request.headers.get("to")
+    parsed = request.to
+    expected = None if parsed is None else parsed.tag is not None
+    assert to_is_tagged(_request(to, from_)) is expected  # a fresh request: nothing memoised
+    assert derive_to_tag(_request(to, from_)) == reference_to_tag(request)
+    answer = response_bytes(_request(to, from_), 302, "Moved Temporarily")
+    tagged = parse_message(answer).headers.get("to")
+    if to_value is not None:
+        untagged = parsed is not None and parsed.tag is None
+        suffix = f";tag={reference_to_tag(request)}"
+        assert tagged == (to_value + suffix if untagged else to_value)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.text(st.sampled_from(list("sSiIpPtTeElL:<>+1@ ;x")), max_size=12),
+        st.sampled_from(
+            ["sip:+1@b", "SIPS:a@b", "tel:+1", "Tel:+1;x=y", "<sip:a@b>", "sip:", "tel:"]
+        ),
+    )
+)
+def test_uri_scheme_prefix_only_accepts_what_the_parse_accepts(uri: str) -> None:
+    if not uri or any(ch in uri for ch in " \t"):
+        return  # not a Request-URI token
+    data = f"OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n".encode()
+    message = parse_message(data)
+    assert isinstance(message, Request)
+    if _URI_SCHEME_PREFIX.match(message.uri_text):
+        assert message.uri is not None
+        assert message.uri.scheme in _URI_SCHEMES
+
+
+def test_shed_invites_get_the_bytes_of_a_shed_job() -> None:
+    """``receive(shed=True)`` answers a new INVITE exactly as ``receive`` then ``shed(job)``
+    did, stores it for retransmissions, and leaves everything but INVITE as it was."""
+    fast, slow = SipServerCore(retry_after_s=7), SipServerCore(retry_after_s=7)
+    for name in ("alpha_a", "charlie_c"):
+        for n in range(3):
+            data = with_branch(fixture_call(name), f"z9hG4bK-shed-{name}-{n}")
+            shed = fast.receive(data, at=FIXTURE_AT, shed=True)
+            verify = slow.receive(data, at=FIXTURE_AT)
+            assert verify.job is not None
+            assert (shed.action, shed.status, shed.method) == (Action.SHED, 503, "INVITE")
+            assert shed.response == slow.shed(verify.job)
+            again = fast.receive(data, at=FIXTURE_AT, shed=True)
+            assert (again.action, again.response) == (Action.RETRANSMIT, shed.response)
+    options = fixture_call("alpha_a").replace(b"INVITE", b"OPTIONS")
+    assert fast.receive(options, at=FIXTURE_AT, shed=True) == slow.receive(options, at=FIXTURE_AT)
+    assert fast.transactions == slow.transactions
+    assert fast.stats.responses[503] == slow.stats.responses[503] == 6
