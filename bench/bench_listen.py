@@ -9,7 +9,9 @@ Side by side in one run:
    all threads, from /proc: what the goal compares), the server's CPU per call, the cores
    sipp itself used (it shares the machine: a saturated sipp, not the server, can be the
    limit), the p50/p99 of sipp's per-call response times (``-trace_rtt``, millisecond
-   resolution), failures and retransmissions.
+   resolution), failures and retransmissions; then one overload row at twice the in-process rate:
+the INVITEs answered 302 per second there (goodput), what was shed (503) and what was dropped
+unread (a flood even 503s cannot keep up with).
 
 First, without sipp: HEP packets per second through the live pipeline alone (no
 verification) and through a HEP collector on loopback UDP that verifies every call (warm
@@ -78,6 +80,8 @@ RUN_SECONDS = 3 if QUICK else 5
 # where the server saturates.
 GOAL_FRACTION = 0.5
 FRACTIONS = (0.4, 0.5, 0.6, 1.0) if QUICK else (0.25, 0.4, 0.5, 0.6, 0.75, 1.0)
+# Twice the in-process rate: the server must keep answering (goodput) and shed the rest.
+OVERLOAD_FRACTION = 2.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,6 +98,7 @@ class Run:
     p99_ms: float
     retransmissions: int
     shed: int
+    dropped: int
 
 
 def in_process_rate() -> float:
@@ -130,15 +135,18 @@ class Server:
     target: str
     metrics: str
 
-    def shed(self) -> int:
-        """INVITEs answered 503 so far (``stirscope_sip_shed_total``)."""
+    def counters(self) -> tuple[int, int]:
+        """INVITEs answered 503 so far (``stirscope_sip_shed_total``) and datagrams dropped
+        unread under overload (``stirscope_sip_dropped_total{reason="overload"}``)."""
         with urllib.request.urlopen(self.metrics, timeout=10) as page:
             text = page.read().decode()
-        return sum(
-            int(float(line.rsplit(" ", 1)[1]))
-            for line in text.splitlines()
-            if line.startswith("stirscope_sip_shed_total")
-        )
+        shed = dropped = 0
+        for line in text.splitlines():
+            if line.startswith("stirscope_sip_shed_total"):
+                shed += int(float(line.rsplit(" ", 1)[1]))
+            elif line.startswith("stirscope_sip_dropped_total") and 'reason="overload"' in line:
+                dropped += int(float(line.rsplit(" ", 1)[1]))
+        return shed, dropped
 
 
 def start_server() -> Server:
@@ -187,11 +195,12 @@ def drive(sipp: str, server: Server, rate: int, calls: int, workdir: Path) -> Ru
     pid = server.proc.pid
     cpu_before = cpu_seconds(pid)
     sipp_before = children_cpu_seconds()
-    shed_before = server.shed()
+    shed_before, dropped_before = server.counters()
     started = time.perf_counter()
     subprocess.run(command, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
     seconds = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before
+    shed_after, dropped_after = server.counters()
     sipp_cpu = children_cpu_seconds() - sipp_before
     times: list[float] = []
     for path in workdir.glob("*_rtt.csv"):
@@ -219,7 +228,8 @@ def drive(sipp: str, server: Server, rate: int, calls: int, workdir: Path) -> Ru
         percentile(times, 0.5),
         percentile(times, 0.99),
         retrans,
-        server.shed() - shed_before,
+        shed_after - shed_before,
+        dropped_after - dropped_before,
     )
 
 
@@ -296,10 +306,10 @@ def main() -> int:
             print(
                 f"{'rate/s':>7} {'answered/s':>10} {'per core':>9} {'ratio':>6} {'cores':>6} "
                 f"{'us/call':>8} {'sipp':>5} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} "
-                f"{'shed':>6} {'retrans':>7}"
+                f"{'shed':>6} {'dropped':>7} {'retrans':>7}"
             )
             runs = []
-            for fraction in FRACTIONS:
+            for fraction in (*FRACTIONS, OVERLOAD_FRACTION):
                 rate = rate_for(inproc, fraction)
                 run = drive(sipp, server, rate, rate * RUN_SECONDS, workdir)
                 runs.append(run)
@@ -311,7 +321,7 @@ def main() -> int:
                     f"{rate:>7} {answered:>10,.0f} {per_core:>9,.0f} {per_core / inproc:>6.2f} "
                     f"{cores:>6.2f} {per_call:>8,.0f} {run.sipp_cpu_seconds / run.seconds:>5.2f} "
                     f"{run.p50_ms:>7.1f} {run.p99_ms:>7.1f} {run.failed:>6} {run.shed:>6} "
-                    f"{run.retransmissions:>7}",
+                    f"{run.dropped:>7} {run.retransmissions:>7}",
                     flush=True,
                 )
         finally:
@@ -319,7 +329,8 @@ def main() -> int:
             server.proc.communicate(timeout=30)
     print(
         f"(in-process: {1e6 / inproc:,.0f} us per INVITE; 'us/call' is server CPU per answered "
-        "call; 'sipp' the cores sipp used; 'shed' INVITEs the server answered 503)"
+        "call; 'sipp' the cores sipp used; 'shed' INVITEs the server answered 503; 'dropped' "
+        "datagrams it dropped unread under overload)"
     )
     goal = next(r for r in runs if r.rate == rate_for(inproc, GOAL_FRACTION))
     per_core = goal.ok / goal.cpu_seconds if goal.cpu_seconds else 0.0
@@ -328,6 +339,14 @@ def main() -> int:
         f"at half the in-process rate ({goal.rate}/s offered, {answered:,.0f}/s answered, "
         f"{goal.failed} failed): server per core / in-process {per_core / inproc:.2f} "
         f"(goal >= 0.50), p99 {goal.p99_ms:.1f} ms (goal < 20 ms)"
+    )
+    flood = runs[-1]
+    goodput = flood.ok * flood.rate / flood.calls  # 302s per second of offered load
+    print(
+        f"at twice the in-process rate ({flood.rate}/s offered for {flood.calls / flood.rate:.0f} "
+        f"s): goodput {goodput:,.0f} INVITEs answered 302 per second ({goodput / inproc:.2f} of "
+        f"the in-process rate), {flood.shed} shed, {flood.dropped} dropped unread, "
+        f"{flood.failed} failed calls"
     )
     return 0
 

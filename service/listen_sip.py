@@ -15,7 +15,12 @@ Verifications queued or running in the pool are bounded (``queue_limit``): past 
 is answered ``503 Service Unavailable`` with Retry-After and counted as shed (never dropped
 silently), and TCP connections stop being read until the queue drains to half
 (backpressure); so is every INVITE while the kernel holds a backlog (the loop itself is
-behind) or the outputs cannot take more records. ``stop()`` is graceful: no new connections,
+behind) or the outputs cannot take more records, and then the core answers it 503 as soon
+as it is parsed, without making it a job (a 503 must cost a fraction of a verification, or
+an overloaded server spends its time refusing calls and answers none). Past a higher
+backlog even that cannot keep up: the oldest datagrams of the excess are read and dropped
+unparsed, counted (``stirscope_sip_dropped_total{reason="overload"}``), so the server is
+back to fresh INVITEs as soon as the flood ebbs. ``stop()`` is graceful: no new connections,
 new INVITEs shed, every queued verification answered (up to ``drain_timeout_s``), then
 sockets closed.
 
@@ -84,6 +89,17 @@ PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
 # Polled every 20 ms (a /proc read).
 MAX_UDP_BACKLOG_BYTES = 256 * 1024
 BACKLOG_POLL_S = 0.02
+# Unread bytes past which even a 503 cannot keep up (an INVITE flood several times what the
+# loop can answer): the oldest datagrams, whose senders have retransmitted them by the time
+# they would be read, are read and dropped unparsed (counted as ``overload``) until the
+# backlog is back at ``MAX_UDP_BACKLOG_BYTES``; what follows is shed or verified again. A
+# quarter of the receive buffer the kernel grants above it at least, so that the kernel does
+# not drop first (``ServerLimits.drop_udp_backlog`` caps it at three quarters of that buffer).
+DROP_UDP_BACKLOG_BYTES = 1024 * 1024
+# What the kernel charges a datagram beyond its payload (buffer head and alignment: ~1 kB on
+# Linux, measured as rx_queue), to count a dropped datagram's share of the backlog. Erring
+# high drops fewer datagrams than the excess, never more.
+DATAGRAM_OVERHEAD_BYTES = 1024
 # Graceful shutdown waits this long for queued verifications (two fetch timeouts + margin).
 DRAIN_TIMEOUT_S = 5.0
 # UDP peers whose answer path (`Link`) is kept between datagrams: an SBC talks from a handful
@@ -196,6 +212,7 @@ class ServerLimits:
     max_write_buffer: int = MAX_TCP_WRITE_BUFFER
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     max_udp_backlog: int = MAX_UDP_BACKLOG_BYTES
+    drop_udp_backlog: int = DROP_UDP_BACKLOG_BYTES
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.queue_limit < 1 or self.max_connections < 1:
@@ -278,6 +295,8 @@ class SipVerificationServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._udp_inodes: set[str] = set()
+        self._udp_buffer = 0  # the smallest receive buffer the kernel granted a UDP socket
+        self._drop_budget = 0  # backlog bytes still to drop unread (``_poll_backlog``)
         self._tcp_servers: list[asyncio.Server] = []
         self._streams: set[_SipStream] = set()
         self._paused: set[_SipStream] = set()
@@ -289,6 +308,7 @@ class SipVerificationServer:
         self._drained: asyncio.Event | None = None
         self.endpoints: list[Endpoint] = []
         self.shed = 0
+        self.overload_drops = 0
         self.answered = 0
         self.answered_on_loop = 0
         self.internal_errors = 0
@@ -331,6 +351,8 @@ class SipVerificationServer:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     self._udp_inodes.add(str(os.fstat(sock.fileno()).st_ino))
+                    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                    self._udp_buffer = min(self._udp_buffer or granted, granted)
         return bound
 
     async def stop(self) -> None:
@@ -379,12 +401,40 @@ class SipVerificationServer:
         return self.kernel_queues()[1]
 
     async def _watch_backlog(self) -> None:
-        """Shed while the kernel holds more unread datagrams than ``max_udp_backlog``: the
-        event loop, not the verifier, is behind, and every INVITE waiting there ages towards
-        its sender's retransmission (RFC 3261 section 17.1.1.2)."""
+        """``_poll_backlog`` every ``BACKLOG_POLL_S``."""
         while True:
             await asyncio.sleep(BACKLOG_POLL_S)
-            self._backlogged = self.kernel_queues()[0] > self.limits.max_udp_backlog
+            self._poll_backlog()
+
+    @property
+    def drop_threshold(self) -> int:
+        """Unread bytes past which the oldest datagrams are dropped unread: the configured
+        ``drop_udp_backlog``, capped at three quarters of the receive buffer the kernel granted
+        (past that the kernel drops first), never under ``max_udp_backlog``."""
+        limits = self.limits
+        threshold = limits.drop_udp_backlog
+        if self._udp_buffer:
+            threshold = min(threshold, self._udp_buffer * 3 // 4)
+        return max(threshold, limits.max_udp_backlog)
+
+    def _poll_backlog(self) -> None:
+        """Shed while the kernel holds more unread datagrams than ``max_udp_backlog``: the
+        event loop, not the verifier, is behind, and every INVITE waiting there ages towards
+        its sender's retransmission (RFC 3261 section 17.1.1.2). Past ``drop_threshold`` even
+        shedding is behind: the excess over ``max_udp_backlog``, the oldest datagrams, is read
+        and dropped unparsed (counted), so the server answers fresh INVITEs again as soon as
+        the flood ebbs instead of working through requests already retransmitted."""
+        waiting = self.kernel_queues()[0]
+        limits = self.limits
+        self._backlogged = waiting > limits.max_udp_backlog
+        over = waiting > self.drop_threshold
+        self._drop_budget = waiting - limits.max_udp_backlog if over else 0
+
+    def _drop_unread(self, size: int) -> None:
+        """One datagram of the excess backlog dropped without a parse (``_poll_backlog``)."""
+        self._drop_budget -= size + DATAGRAM_OVERHEAD_BYTES
+        self.overload_drops += 1
+        self._count(self.metrics.dropped, Transport.UDP.value, "overload")
 
     @property
     def inflight(self) -> int:
@@ -402,6 +452,7 @@ class SipVerificationServer:
             f"failed {verstat.get('TN-Validation-Failed', 0)}  "
             f"none {verstat.get('No-TN-Validation', 0)}  "
             f"retrans {stats.retransmissions}  shed {self.shed}  dropped {dropped}  "
+            f"overload-dropped {self.overload_drops}  "
             f"kernel-dropped {self.kernel_drops()}  "
             f"inflight {self._inflight}"
         )
@@ -413,10 +464,11 @@ class SipVerificationServer:
         started = time.perf_counter()
         try:
             at = self._clock()
+            shed = self._shedding()
             if isinstance(data, bytes):
-                decision = self.core.receive(data, at=at)
+                decision = self.core.receive(data, at=at, shed=shed)
             else:
-                decision = self.core.receive_message(data, at=at)
+                decision = self.core.receive_message(data, at=at, shed=shed)
             self._act(decision, link, started)
         except Exception:  # a bug must cost one message, never the listener
             self.internal_errors += 1
@@ -446,6 +498,8 @@ class SipVerificationServer:
             self.metrics.retransmissions.labels(link.transport.value).inc()
             if decision.response is not None:
                 link.send(decision.response)
+        elif action is Action.SHED and decision.response is not None:
+            self._shed_sent(link, decision.response)
         elif action is Action.DROP and decision.drop is not None:
             self.metrics.dropped.labels(link.transport.value, decision.drop.value).inc()
 
@@ -454,15 +508,24 @@ class SipVerificationServer:
             self._count(self.metrics.responses, str(status))
         link.send(data)
 
+    def _shedding(self) -> bool:
+        """No room for a verification whatever it needs: closing, the loop behind (a kernel
+        backlog) or the outputs full. The core then answers a new INVITE 503 straight away."""
+        outputs_full = self._outputs_full
+        return self._closing or self._backlogged or (outputs_full is not None and outputs_full())
+
     def _shed(self, job: VerificationJob, link: Link) -> None:
+        self._shed_sent(link, self.core.shed(job))
+
+    def _shed_sent(self, link: Link, response: bytes) -> None:
         self.shed += 1
-        self.metrics.shed.labels(link.transport.value).inc()
-        self._send(link, self.core.shed(job), 503)
+        self._count(self.metrics.shed, link.transport.value)
+        self._send(link, response, 503)
 
     def _dispatch(
         self, decision: Decision, job: VerificationJob, link: Link, started: float
     ) -> None:
-        if self._closing or self._backlogged or (self._outputs_full and self._outputs_full()):
+        if self._shedding():
             self._shed(job, link)
             return
         request = None
@@ -616,6 +679,9 @@ class _SipDatagram(asyncio.DatagramProtocol):
         self._local = _peer(transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        if self._server._drop_budget > 0:  # a flood even 503s cannot keep up with
+            self._server._drop_unread(len(data))
+            return
         link = self._links.get(addr)
         if link is None:
             transport = self._transport

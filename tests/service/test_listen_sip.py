@@ -33,6 +33,7 @@ from analyzer.sipserver import SipServerCore
 from analyzer.verifying import build_verifier
 from service.cli import main
 from service.listen_sip import (
+    DROP_UDP_BACKLOG_BYTES,
     Answered,
     Endpoint,
     ServerLimits,
@@ -501,17 +502,68 @@ def test_udp_backlog_is_shed_not_left_to_age(
         statuses: list[int] = []
         sock.settimeout(0.5)
         deadline = time.monotonic() + TIMEOUT_S * 2
-        while len(statuses) + h.server.kernel_drops() < count:  # drops: small rmem_max hosts
+        # Drops (kernel or overload): hosts whose net.core.rmem_max grants a small buffer.
+        while len(statuses) + h.server.kernel_drops() + h.server.overload_drops < count:
             assert time.monotonic() < deadline
             with contextlib.suppress(TimeoutError):
                 response = recv_response(sock)
                 if response.status >= 200:
                     statuses.append(response.status)
+        if h.server.drop_threshold >= DROP_UDP_BACKLOG_BYTES:  # ~700 kB is under it: none
+            assert h.server.overload_drops == 0
         assert set(statuses) == {302, 503}
         assert statuses.count(503) == h.server.shed
         if mode == "loop":  # the pool verified the warm-up only
             assert len(h.calls) == 1
             assert h.server.answered_on_loop == statuses.count(302) > 0
+
+
+def test_udp_flood_past_the_drop_threshold_is_dropped_and_counted(
+    verifier: Verifier, sock: socket.socket
+) -> None:
+    """A backlog past the drop threshold (a flood even 503s cannot keep up with): its oldest
+    datagrams are dropped unread, counted in the metrics (never silently), the rest answered
+    302 or 503, and once the flood is read new INVITEs are verified again."""
+    count = 300  # ~690 kB of kernel backlog, well past the 128 kB drop threshold
+    limits = ServerLimits(
+        queue_limit=10_000, max_udp_backlog=64 * 1024, drop_udp_backlog=128 * 1024
+    )
+    with running(verifier, limits=limits) as h:
+        sent = threading.Event()
+
+        def block() -> None:  # the loop is stuck while the flood arrives, then looks
+            assert sent.wait(TIMEOUT_S)
+            time.sleep(0.1)
+            h.server._poll_backlog()
+
+        h.loop.call_soon_threadsafe(block)
+        base = fixture_call("charlie_c")
+        for n in range(count):
+            sock.sendto(with_branch(base, f"z9hG4bK-drop{n}"), h.udp)
+        sent.set()
+        answered: dict[str, int] = {}
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + TIMEOUT_S * 2
+        while len(answered) + h.server.kernel_drops() + h.server.overload_drops < count:
+            assert time.monotonic() < deadline
+            with contextlib.suppress(TimeoutError):
+                response = recv_response(sock)
+                if response.status >= 200:
+                    answered[response.via[0].branch or ""] = response.status
+        dropped = h.server.overload_drops
+        assert dropped > 0
+        overload = {"transport": "udp", "reason": "overload"}
+        assert h.server.metrics.value("stirscope_sip_dropped_total", overload) == dropped
+        assert set(answered.values()) <= {302, 503}
+        assert list(answered.values()).count(503) == h.server.shed
+        if h.server.kernel_drops() == 0:  # the oldest were dropped, the newest answered
+            assert set(answered) == {f"z9hG4bK-drop{n}" for n in range(dropped, count)}
+        status, n = 503, 0
+        while status != 302:  # the backlog read, the server verifies again
+            assert time.monotonic() < deadline
+            sock.sendto(with_branch(base, f"z9hG4bK-after{n}"), h.udp)
+            status, n = final_udp(sock)[0].status, n + 1
+        assert h.server.overload_drops == dropped
 
 
 def test_tcp_backpressure_answers_everything(verifier: Verifier, sock: socket.socket) -> None:
