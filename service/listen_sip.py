@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import Counter as MetricCounter
 
@@ -81,6 +82,14 @@ MAX_TCP_WRITE_BUFFER = 1024 * 1024
 # kernel still drops is read back from /proc/net/udp (``kernel_drops``), never unseen.
 UDP_RECEIVE_BUFFER = 1024 * 1024
 PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
+# getsockopt(SOL_SOCKET, SO_MEMINFO) on Linux (include/uapi/asm-generic/socket.h; not in
+# Python's socket module): u32 sk_meminfo[SK_MEMINFO_VARS], of which SK_MEMINFO_RMEM_ALLOC
+# (0, what /proc/net/udp shows as rx_queue) and SK_MEMINFO_DROPS (8) are read.
+SO_MEMINFO = 55
+_MEMINFO_FORMAT = "9I"
+_MEMINFO_BYTES = struct.calcsize(_MEMINFO_FORMAT)
+_MEMINFO_RMEM_ALLOC = 0
+_MEMINFO_DROPS = 8
 # Unread bytes in the kernel past which INVITEs are shed (503) until the loop catches up.
 # The kernel counts buffer overhead too (about 2 kB per 1.3 kB INVITE): 256 KiB is ~130
 # INVITEs, tens of milliseconds of work for warm calls (~0.25 ms each on the loop) and up
@@ -295,6 +304,7 @@ class SipVerificationServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._udp_inodes: set[str] = set()
+        self._udp_sockets: list[Any] = []  # for SO_MEMINFO (``kernel_queues``)
         self._udp_buffer = 0  # the smallest receive buffer the kernel granted a UDP socket
         self._drop_budget = 0  # backlog bytes still to drop unread (``_poll_backlog``)
         self._tcp_servers: list[asyncio.Server] = []
@@ -351,6 +361,7 @@ class SipVerificationServer:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     self._udp_inodes.add(str(os.fstat(sock.fileno()).st_ino))
+                    self._udp_sockets.append(sock)
                     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
                     self._udp_buffer = min(self._udp_buffer or granted, granted)
         return bound
@@ -379,8 +390,23 @@ class SipVerificationServer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def kernel_queues(self) -> tuple[int, int]:
-        """(bytes waiting, datagrams dropped) in the kernel for our UDP sockets, from the
-        ``rx_queue`` and ``drops`` columns of /proc/net/udp{,6} (Linux; (0, 0) elsewhere)."""
+        """(bytes waiting, datagrams dropped) in the kernel for our UDP sockets: from
+        ``SO_MEMINFO`` (Linux 4.6+: receive memory allocated and drops, one system call a
+        socket), else from the ``rx_queue`` and ``drops`` columns of /proc/net/udp{,6}, which
+        the kernel builds by walking every UDP socket of the host ((0, 0) elsewhere). Polled
+        every ``BACKLOG_POLL_S`` while serving."""
+        waiting = dropped = 0
+        try:
+            for sock in self._udp_sockets:
+                info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_BYTES)
+                fields = struct.unpack_from(_MEMINFO_FORMAT, info)
+                waiting += fields[_MEMINFO_RMEM_ALLOC]
+                dropped += fields[_MEMINFO_DROPS]
+        except (OSError, struct.error):
+            return self._proc_kernel_queues()
+        return waiting, dropped
+
+    def _proc_kernel_queues(self) -> tuple[int, int]:
         inodes = self._udp_inodes
         waiting = dropped = 0
         for path in PROC_NET_UDP:

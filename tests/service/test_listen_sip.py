@@ -700,3 +700,27 @@ def test_listen_command_end_to_end(tmp_path: Path, sock: socket.socket) -> None:
         ("TN-Validation-Passed", "1234A", "udp"),
         ("TN-Validation-Passed", "1234A", "tcp"),
     ]
+
+
+def test_kernel_queues_from_meminfo_match_proc(verifier: Verifier, sock: socket.socket) -> None:
+    """The backlog and drops read with SO_MEMINFO are what /proc/net/udp shows (Linux)."""
+    if not Path("/proc/net/udp").exists():
+        pytest.skip("no /proc/net/udp")
+    with running(verifier) as h:
+        blocked, release = threading.Event(), threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            release.wait(TIMEOUT_S)
+
+        h.loop.call_soon_threadsafe(block)
+        assert blocked.wait(TIMEOUT_S)
+        try:
+            for n in range(20):
+                sock.sendto(with_branch(fixture_call("charlie_c"), f"z9hG4bK-meminfo{n}"), h.udp)
+            time.sleep(0.05)
+            waiting, dropped = h.server.kernel_queues()
+            assert waiting > 20 * 1000  # the 20 INVITEs and their buffer overhead
+            assert (waiting, dropped) == h.server._proc_kernel_queues()
+        finally:
+            release.set()
