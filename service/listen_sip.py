@@ -305,6 +305,7 @@ class SipVerificationServer:
         self._udp: list[asyncio.DatagramTransport] = []
         self._udp_inodes: set[str] = set()
         self._udp_sockets: list[Any] = []  # for SO_MEMINFO (``kernel_queues``)
+        self._kernel_drops_seen = 0
         self._udp_buffer = 0  # the smallest receive buffer the kernel granted a UDP socket
         self._drop_budget = 0  # backlog bytes still to drop unread (``_poll_backlog``)
         self._tcp_servers: list[asyncio.Server] = []
@@ -402,8 +403,11 @@ class SipVerificationServer:
                 fields = struct.unpack_from(_MEMINFO_FORMAT, info)
                 waiting += fields[_MEMINFO_RMEM_ALLOC]
                 dropped += fields[_MEMINFO_DROPS]
+        except ValueError:  # closed (stop()): nothing waits; the drops seen last stand
+            return 0, self._kernel_drops_seen
         except (OSError, struct.error):
             return self._proc_kernel_queues()
+        self._kernel_drops_seen = dropped
         return waiting, dropped
 
     def _proc_kernel_queues(self) -> tuple[int, int]:
