@@ -4,14 +4,20 @@
 Theory of operation. Partitioned mode (``PartitionedJob``, the default when it applies) cuts
 the captures into partitions (``analyzer.partition``: one per file, large files at verified
 record boundaries) and has the workers scan them (``analyzer.partscan``: capture reading, link
-layer, IP reassembly, SIP key scan, about a third of a single run's work). The main process
-keeps what must be sequential and is cheap: it feeds the scanned messages, partition after
-partition in capture order, to its one call tracker (calls spanning partitions and files,
-emission order, replay flags and counts are those of a single run by construction), and the
-finished calls go back to the workers in chunks for verification and rendering
-(``DaskChunkPool``, the other two thirds). When the partitions cannot stand in for one reader
-(SIP over TCP, files overlapping in time, a cut that loses state), or a worker cannot read the
-files, the run says why and falls back to verification mode, before any record is written.
+layer, IP reassembly, SIP key scan), keeping the scans. Then the workers track the calls
+(``analyzer.parttrack``): in a cheap first pass each returns its partition's Call-IDs (hashed)
+and message times; this process finds the Call-IDs seen in more than one partition and replays
+the tracker's clock; in the second pass each worker tracks, verifies and renders the calls only
+its partition sees, and returns them finished, each with its place in the single run's
+emission order, plus the messages of the shared Call-IDs. This process tracks only those (the
+calls spanning partitions and files), flags replays in emission order for the calls that can
+be replays, has them verified (``DaskChunkPool``) and merges everything by emission order: the
+records, their order, replay flags and every count are those of a single run. When the
+partitions cannot stand in for one reader (SIP over TCP, files overlapping in time, a cut that
+loses state), or a worker cannot read the files, the run says why and falls back to
+verification mode, before any record is written (``fallback``); when the workers' tracking
+could differ from one tracker's (times going backwards, run-wide limits that could bind), this
+process tracks every call from the scans instead, and says why (``merge_fallback``).
 
 Verification mode (``--cluster-mode verify``, and small inputs) is the run of
 ``analyzer.run.AnalyzeJob`` with the cluster as its chunk pool: the main process scans, the
@@ -32,27 +38,51 @@ ARCHITECTURE.md section 2 (analyzer pipeline); issue 8.
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import os
 import pickle
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from analyzer import partition, run
+from analyzer.anomaly import Anomaly
+from analyzer.calls import Call, TrackerStats
 from analyzer.capture import AnyAnomaly, ObservedMessage
 from analyzer.partition import PartitionSpec, plan_partitions
 from analyzer.partscan import (
     PartitionScan,
     ScanSummary,
+    first_report,
     frame_offsets,
     merged_items,
     order_partitions,
     scan_partition,
     summary_of,
+)
+from analyzer.parttrack import (
+    RANK_SHIFT,
+    EdgeTracker,
+    EmitKey,
+    Entry,
+    PartEdge,
+    PartKeys,
+    PartTrack,
+    Tracking,
+    TrackPlan,
+    binding_limit,
+    edge_of,
+    entries_of,
+    may_bind,
+    partition_keys,
+    plan_tracking,
+    sum_stats,
+    track_partition,
 )
 from analyzer.run import (
     AnalyzeJob,
@@ -64,6 +94,7 @@ from analyzer.run import (
     Result,
     assess_chunk,
 )
+from analyzer.traceback_replay import ReplayDetector
 from analyzer.verifying import VerifierConfig, build_verifier
 from shaken.verifier import Verifier
 
@@ -85,6 +116,9 @@ DASK_CHUNK_FACTOR = 4
 # Least input for which ``--cluster-mode auto`` has the workers read: below it the main process
 # scans in a fraction of a second (~100 MB/s), less than a worker takes to start and import.
 MIN_PARTITIONED_BYTES = 16 << 20
+# Results the output holds back behind a call this process still has to verify before it
+# verifies that call's partial chunk itself (bounded memory, no wait for a chunk to fill).
+MAX_WAITING_RESULTS = 1024
 # Read size of the thread hashing the inputs in partitioned mode (the scan's own block size).
 HASH_BLOCK = 1 << 20
 
@@ -155,6 +189,20 @@ def verify_pickled(
     ``DaskChunkPool``)."""
     results = verify_chunk(config, pickle.loads(chunk), at_override, render)
     return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def track_task(
+    config: VerifierConfig,
+    scan: PartitionScan,
+    plan: TrackPlan,
+    at_override: datetime | None,
+    render: Render | None,
+) -> PartTrack:
+    """The Dask task of phase two: ``track_partition`` with this worker's verifier."""
+    verifier = _verifier(config)
+    return track_partition(
+        scan, plan, lambda calls: assess_chunk(verifier, calls, at_override, render)
+    )
 
 
 class _PickledChunk:
@@ -299,9 +347,13 @@ class PartitionedJob(AnalyzeJob):
     back to the scan in this process when the partitions cannot stand in for it.
 
     After the run, ``partitions`` is how many were scanned (0 on fallback) and ``fallback``
-    why the workers did not read the captures (None when they did). ``partition_bytes`` sets
-    the partition size (default ``analyzer.partition.PARTITION_BYTES``), ``cuts`` where to cut
-    given inputs instead (nominal offsets per input index, see ``plan_partitions``).
+    why the workers did not read the captures (None when they did); ``merge_fallback`` why
+    this process tracked every call from the scans rather than the workers tracking their
+    partitions' own calls (``analyzer.parttrack``; None when they did, or did not read), and
+    ``edge_calls`` how many calls this process flagged and had verified itself.
+    ``partition_bytes`` sets the partition size (default
+    ``analyzer.partition.PARTITION_BYTES``), ``cuts`` where to cut given inputs instead
+    (nominal offsets per input index, see ``plan_partitions``).
     """
 
     def __init__(
@@ -320,6 +372,9 @@ class PartitionedJob(AnalyzeJob):
         self.cuts = cuts
         self.partitions = 0
         self.fallback: str | None = None
+        self.merge_fallback: str | None = None
+        self.edge_calls = 0
+        self._ready: _Scanned | None = None
 
     def close(self) -> None:
         try:
@@ -327,14 +382,36 @@ class PartitionedJob(AnalyzeJob):
         finally:
             self.factory.close()
 
-    def _items(self) -> Iterator[ObservedMessage | AnyAnomaly]:
+    def _results(
+        self, render: Render | None, progress: Callable[[int], None] | None
+    ) -> Iterator[Result]:
         ready = self._scan()
         if isinstance(ready, str):
             self.fallback = ready
+            yield from super()._results(render, progress)
+            return
+        self._ready = ready
+        self.partitions = len(ready.specs)
+        hasher = _InputHasher(self.readers)
+        hasher.start()
+        complete = False
+        try:
+            tracked = self._track(ready, render)
+            if isinstance(tracked, str):
+                self.merge_fallback = tracked
+                yield from super()._results(render, progress)  # _items: the scans merged here
+            else:
+                yield from self._merged(tracked, render, progress)
+            complete = True
+        finally:
+            hasher.finish(complete)
+
+    def _items(self) -> Iterator[ObservedMessage | AnyAnomaly]:
+        ready = self._ready
+        if ready is None:
             yield from super()._items()
             return
-        specs, futures, summaries, order = ready
-        self.partitions = len(specs)
+        futures = ready.futures
 
         def fetch(index: int) -> PartitionScan:
             future, futures[index] = futures[index], None  # its data is released once read
@@ -342,20 +419,181 @@ class PartitionedJob(AnalyzeJob):
             scan: PartitionScan = future.result()
             return scan
 
-        hasher = _InputHasher(self.readers)
-        hasher.start()
-        complete = False
-        try:
-            yield from merged_items(specs, order, frame_offsets(specs, summaries), fetch)
-            complete = True
-        finally:
-            hasher.finish(complete)
-        self.stats.segments = sum(s.segments for s in summaries)
-        self.stats.sip_messages = sum(s.messages for s in summaries)
+        offsets = frame_offsets(ready.specs, ready.summaries)
+        yield from merged_items(ready.specs, ready.order, offsets, fetch)
+        self._scan_counts(ready)
 
-    def _scan(
-        self,
-    ) -> str | tuple[list[PartitionSpec], list[Any], list[ScanSummary], list[int]]:
+    def _scan_counts(self, ready: _Scanned) -> None:
+        self.stats.segments = sum(s.segments for s in ready.summaries)
+        self.stats.sip_messages = sum(s.messages for s in ready.summaries)
+
+    # -- the workers track their partitions' own calls (analyzer.parttrack) ---------------------
+
+    def _track(self, ready: _Scanned, render: Render | None) -> _Tracked | str:
+        """Phases one and two submitted to the workers; or why the result could differ from
+        a single run (nothing is written before this returns). Only a run with as many
+        INVITEs as a run-wide limit needs every partition tracked before it can tell."""
+        client = self.factory.client()
+        specs, order = ready.specs, ready.order
+        submitted: list[Any] = []
+        try:
+            wanted = {
+                client.submit(partition_keys, ready.futures[index], pure=False): index
+                for index in order
+            }
+            submitted += wanted
+            found: dict[int, PartKeys] = {}
+            for done in _distributed().as_completed(list(wanted)):
+                found[wanted[done]] = pickle.loads(done.result())
+            offsets = frame_offsets(specs, ready.summaries)
+            sources = [spec.source_file for spec in specs]
+            tracking = plan_tracking(order, offsets, sources, found)
+            if isinstance(tracking, str):
+                return tracking
+            at, config = self.options.at_override, self.options.config
+            tracks = {
+                index: client.submit(
+                    track_task,
+                    config,
+                    ready.futures[index],
+                    tracking.plans[index],
+                    at,
+                    render,
+                    pure=False,
+                )
+                for index in order
+            }
+            edges = {index: client.submit(edge_of, tracks[index], pure=False) for index in order}
+            entries = {
+                index: client.submit(entries_of, tracks[index], pure=False) for index in order
+            }
+            submitted += [*tracks.values(), *edges.values(), *entries.values()]
+            tracked = _Tracked(order, edges, entries, EdgeTracker(tracking.checks))
+            if may_bind(tracking, tracked.main.tracker):
+                reason = tracked.track_all(tracking)
+                if reason is not None:
+                    client.cancel(submitted)
+                    return reason
+        except OSError as exc:  # a worker lost its scan, typically
+            client.cancel(submitted)
+            return f"a worker could not track its partition: {exc}"
+        for index in order:
+            ready.futures[index] = None  # released once tracked
+        return tracked
+
+    def _merged(
+        self, tracked: _Tracked, render: Render | None, progress: Callable[[int], None] | None
+    ) -> Iterator[Result]:
+        results = self._verified(self._in_order(tracked), render)
+        for done, result in enumerate(results, 1):
+            yield result
+            if progress is not None and done % run.CHUNK_CALLS == 0:
+                progress(done)
+
+    def _in_order(self, tracked: _Tracked) -> Iterator[Result | Call]:
+        """Every call in the single run's emission order: the workers' entries and this
+        process's calls merged by emission key, partition after partition (an entry is never
+        keyed before its own partition, so a partition's turn releases what comes before
+        the next one). The anomalies are counted on the way, in capture order."""
+        assert self._ready is not None
+        specs = self._ready.specs
+        heap: list[tuple[EmitKey, int, Result | Call]] = []
+        tie = 0
+        reported: dict[int, set[str]] = {}
+        tails: dict[int, list[Anomaly]] = {}
+        stats: list[TrackerStats] = []
+        for rank, index in enumerate(tracked.order):
+            edge = tracked.edge(index)
+            source = specs[index].source_file
+            seen = reported.setdefault(source, set())
+            for anomaly in edge.anomalies:
+                if first_report(anomaly, seen):
+                    self._anomaly(anomaly)
+            tails.setdefault(source, []).extend(edge.tail)
+            stats.append(edge.stats)
+            entries: list[Entry] = [*tracked.own(rank, edge), *tracked.entries_of(index)]
+            for key, value in entries:
+                heapq.heappush(heap, (key, tie, value))
+                tie += 1
+            limit = (rank + 1) << RANK_SHIFT
+            while heap and heap[0][0][0] < limit:
+                yield heapq.heappop(heap)[2]
+        for key, call in tracked.rest():
+            heapq.heappush(heap, (key, tie, call))
+            tie += 1
+        for source in sorted(tails):
+            for anomaly in tails[source]:
+                self._anomaly(anomaly)
+        self.stats.tracker = sum_stats([*stats, tracked.main.tracker.stats])
+        self._scan_counts(self._ready)
+        while heap:
+            yield heapq.heappop(heap)[2]
+
+    def _verified(
+        self, ordered: Iterator[Result | Call], render: Render | None
+    ) -> Iterator[Result]:
+        """The results in order: the workers' as they come, the calls left to this process
+        flagged here in emission order (RFC 8224 section 12.1) and verified by the pool in
+        full chunks (a partial chunk the output waits for is verified here)."""
+        at = self.options.at_override
+        detector = ReplayDetector(self.options.config.policy.freshness_s)
+        pool: run.ChunkPool | None = None
+        slots: deque[Result | _Waiting] = deque()
+        batch = _Batch()
+        in_flight = 0
+
+        def head_ready(final: bool) -> Result | None:
+            nonlocal batch, in_flight
+            head = slots[0]
+            if not isinstance(head, _Waiting):
+                return head
+            waiting = head.batch
+            if waiting.results is None:
+                if waiting.future is None:
+                    if not final and len(slots) < MAX_WAITING_RESULTS:
+                        return None
+                    waiting.results = assess_chunk(self.verifier, waiting.calls, at, render)
+                    if waiting is batch:
+                        batch = _Batch()
+                else:
+                    if not final and in_flight < pool_window and len(slots) < MAX_WAITING_RESULTS:
+                        return None
+                    waiting.results = waiting.future.result()
+                    in_flight -= 1
+            return waiting.results[head.index]
+
+        pool_window = 1
+        for value in ordered:
+            if isinstance(value, Call):
+                self.edge_calls += 1
+                invite = value.primary.invite
+                values = invite.keys.identity_values
+                flag = detector.observe(value.call_id, invite.ts_ns, values) if values else None
+                slots.append(_Waiting(batch, len(batch.calls)))
+                batch.calls.append((value, flag))
+                if pool is None:
+                    assert self._pool_factory is not None
+                    pool = self._pool_factory(self.options.config)
+                    pool_window = max(1, pool.slots) * run.WINDOW_PER_WORKER
+                if len(batch.calls) >= pool.chunk_calls:
+                    batch.future = pool.submit(batch.calls, at, render)
+                    in_flight += 1
+                    batch = _Batch()
+            else:
+                slots.append(value)
+            while slots:
+                result = head_ready(False)
+                if result is None:
+                    break
+                slots.popleft()
+                yield result
+        while slots:
+            result = head_ready(True)
+            assert result is not None
+            slots.popleft()
+            yield result
+
+    def _scan(self) -> str | _Scanned:
         """The partitions scanned on the workers (their data left there) and their order, or
         why they cannot be used."""
         if "-" in self.names:
@@ -392,7 +630,88 @@ class PartitionedJob(AnalyzeJob):
         if reason is not None:
             client.cancel([*futures, *pending])
             return reason
-        return specs, futures, summaries, order
+        return _Scanned(specs, futures, summaries, order)
+
+
+@dataclass(slots=True)
+class _Scanned:
+    """The partitions scanned on the workers (``futures``: their scans, left there until
+    needed), their summaries and their order."""
+
+    specs: list[PartitionSpec]
+    futures: list[Any]
+    summaries: list[ScanSummary]
+    order: list[int]
+
+
+class _Tracked:
+    """Phase two submitted: each partition's edge and entries (futures, fetched in order)
+    and this process's tracker of the shared calls, run as the partitions come, or over all
+    of them first (``track_all``) when a run-wide limit must be checked before writing."""
+
+    def __init__(
+        self, order: list[int], edges: dict[int, Any], entries: dict[int, Any], main: EdgeTracker
+    ) -> None:
+        self.order = order
+        self.main = main
+        self._edges = edges
+        self._entries = entries
+        self._fetched: dict[int, PartEdge] = {}
+        self._own: list[tuple[EmitKey, Call]] | None = None
+        self._mine = 0
+
+    def edge(self, index: int) -> PartEdge:
+        found = self._fetched.pop(index, None)
+        if found is None:
+            found = cast(PartEdge, pickle.loads(self._edges.pop(index).result()))
+        return found
+
+    def entries_of(self, index: int) -> list[Entry]:
+        entries: list[Entry] = pickle.loads(self._entries.pop(index).result())
+        return entries
+
+    def track_all(self, tracking: Tracking) -> str | None:
+        """Every partition's edge fetched and tracked; why the run-wide limits could make
+        the result differ from one tracker's (None when they cannot)."""
+        for index in self.order:
+            self._fetched[index] = cast(PartEdge, pickle.loads(self._edges.pop(index).result()))
+        own: list[tuple[EmitKey, Call]] = []
+        for rank, index in enumerate(self.order):
+            own += self.main.partition(rank, self._fetched[index].messages)
+        own += self.main.finish()
+        self._own = own
+        edges = [self._fetched[index] for index in self.order]
+        return binding_limit(tracking, edges, self.main.tracker)
+
+    def own(self, rank: int, edge: PartEdge) -> list[tuple[EmitKey, Call]]:
+        """This process's calls emitted before the end of partition ``rank`` (``edge``)."""
+        if self._own is None:
+            return self.main.partition(rank, edge.messages)
+        limit, start = (rank + 1) << RANK_SHIFT, self._mine
+        while self._mine < len(self._own) and self._own[self._mine][0][0] < limit:
+            self._mine += 1
+        return self._own[start : self._mine]
+
+    def rest(self) -> list[tuple[EmitKey, Call]]:
+        """This process's calls emitted at the end of input."""
+        return self.main.finish() if self._own is None else self._own[self._mine :]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Calls left to this process, verified together (by the pool once full)."""
+
+    calls: list[Flagged] = field(default_factory=list)
+    future: PendingChunk | None = None
+    results: list[Result] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """The place in the output of a call of ``batch``."""
+
+    batch: _Batch
+    index: int
 
 
 class _InputHasher(threading.Thread):

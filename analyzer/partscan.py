@@ -4,10 +4,12 @@ Theory of operation. A worker scans one partition (``analyzer.partition``): the 
 link decoding, IP reassembly and the SIP key scan, exactly as a single process does
 (``iter_segments`` then ``MessageReader``), and returns the SIP messages and anomalies in
 capture order, compact (raw bytes, keys, time, frames, addresses), with what the main process
-needs to check and place them (``ScanSummary``). The main process then feeds the messages of
-all partitions, in capture order, to its one ``CallTracker``: calls that span partitions or
-files, emission order, replay flags and every count come out as in a single-process run by
-construction, and the calls go back to the workers for verification (``analyzer.cluster``).
+needs to check and place them (``ScanSummary``). The scans stay on the workers, which track
+the calls only their partition sees (``analyzer.parttrack``). When that could differ from one
+tracker, the main process feeds the messages of all partitions, in capture order, to its one
+``CallTracker`` (``merged_items``): calls that span partitions or files, emission order,
+replay flags and every count come out as in a single-process run by construction, and the
+calls go back to the workers for verification (``analyzer.cluster``).
 
 What a worker cannot know is the state a single reader would carry over from the bytes before
 its partition. The scans are used only when none is carried, else the run reads the captures
@@ -261,9 +263,24 @@ def _shift(frames: tuple[int, ...], offset: int) -> tuple[int, ...]:
     return tuple(frame + offset for frame in frames)
 
 
-def _placed(item: Anomaly, offset: int, source: int) -> Anomaly:
+def placed(item: Anomaly, offset: int, source: int) -> Anomaly:
+    """An anomaly of a partition's scan with its frame shifted and its input set."""
     frame = item.frame + offset if item.frame is not None else None
     return replace(item, frame=frame, source_file=source)
+
+
+def observed(item: MessageTuple, offset: int, source: int) -> ObservedMessage:
+    """A scanned message as one reader of the inputs yields it: frames shifted by ``offset``
+    (the records of the same file in earlier partitions), input index ``source``."""
+    raw, keys, ts, frame, frames, src, sport, dst, dport, transport, encap = item
+    if offset:
+        frame += offset
+        # Most messages come in one frame: no generator for them (hot loop).
+        frames = (frame,) if frames == (frame - offset,) else _shift(frames, offset)
+    return _scanned(raw, keys, ts, frame, frames, src, sport, dst, dport, transport, source, encap)
+
+
+_scanned = ObservedMessage.scanned
 
 
 def _once_key(item: Anomaly) -> str | None:
@@ -272,6 +289,18 @@ def _once_key(item: Anomaly) -> str | None:
     if item.kind is AnomalyKind.UNKNOWN_LINK_TYPE:
         return "link " + item.detail
     return None
+
+
+def first_report(item: Anomaly, reported: set[str]) -> bool:
+    """False for an anomaly a link decoder reports once per input and ``reported`` (that
+    input's) already holds; records it otherwise."""
+    if item.kind not in _ONCE_KINDS:
+        return True
+    key = _once_key(item) or ""
+    if key in reported:
+        return False
+    reported.add(key)
+    return True
 
 
 def merged_items(
@@ -285,30 +314,18 @@ def merged_items(
     comes). ARCHITECTURE.md section 2."""
     once: dict[int, set[str]] = {}
     tails: dict[int, list[Anomaly]] = {}
-    scanned = ObservedMessage.scanned
     for index in order:
         source, offset = specs[index].source_file, offsets[index]
         reported = once.setdefault(source, set())
         scan = fetch(index)
         for item in scan.items:
             if type(item) is tuple:
-                raw, keys, ts, frame, frames, src, sport, dst, dport, transport, encap = item
-                if offset:
-                    frame += offset
-                    # Most messages come in one frame: no generator for them (hot loop).
-                    frames = (frame,) if frames == (frame - offset,) else _shift(frames, offset)
-                yield scanned(
-                    raw, keys, ts, frame, frames, src, sport, dst, dport, transport, source, encap
-                )
+                yield observed(item, offset, source)
                 continue
             assert isinstance(item, Anomaly)
-            if item.kind in _ONCE_KINDS:
-                key = _once_key(item)
-                if key in reported:
-                    continue
-                reported.add(key or "")
-            yield _placed(item, offset, source)
+            if first_report(item, reported):
+                yield placed(item, offset, source)
         if scan.tail:
-            tails.setdefault(source, []).extend(_placed(a, offset, source) for a in scan.tail)
+            tails.setdefault(source, []).extend(placed(a, offset, source) for a in scan.tail)
     for source in sorted(tails):
         yield from tails[source]

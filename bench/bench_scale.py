@@ -10,7 +10,8 @@ for each set:
 * ``verify local:1`` / ``local:2`` (``--cluster-mode verify``): this process reads the captures
   and tracks the calls, the workers only verify (ARCHITECTURE.md 5: the scan is the limit);
 * ``partition local:1`` / ``local:2`` (``--cluster-mode partition``): the workers read the
-  partitions, this process tracks the calls in order, the workers verify them.
+  partitions and track, verify and render the calls only their partition sees; this process
+  tracks the calls across partitions (and files) and merges the results in emission order.
 
 A LocalCluster's start-up (~1 s, worker processes importing stirscope and dask) is included,
 as a user waits for it; a ``start-up`` row (a one-record capture through the same command)
@@ -19,8 +20,9 @@ cluster row is the main process only: a local cluster's workers are forked by a 
 the run does not wait for, so their CPU time is not reported. Each row is the median of
 ``BENCH_REPEAT`` runs. It prints calls/s and the scaling ratio local:2 / local:1 of each mode
 (goal 1.7x on 2 cores, issue 8). The main process of the partitioned mode shares the two cores
-with the workers (tracking, Dask's client and scheduler), so on two cores the ratio stays
-below 2. Measurement only: it never fails on a number.
+with the workers (the merge, the calls across partitions, Dask's client and scheduler), so on
+two cores the ratio stays below 2; its ``cpu s`` is the number to compare on a busy machine.
+Measurement only: it never fails on a number.
 """
 
 from __future__ import annotations

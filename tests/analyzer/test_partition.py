@@ -133,6 +133,7 @@ def test_split_file_gives_the_single_process_bytes(bench_capture: Path, parts: i
     job = _same_as_single([bench_capture], partition_bytes=size // parts)
     assert job.partitions == parts
     assert job.fallback is None
+    assert job.merge_fallback is None  # the workers tracked their partitions' own calls
     expected, _ = _single([bench_capture])
     assert expected.count(b"\n") == CALLS
     _header, records = _records(bench_capture)
@@ -172,6 +173,8 @@ def test_invite_retransmission_across_the_cut(tmp_path: Path) -> None:
     cut = _dialog_capture(path, NS // 2)
     job = _same_as_single([path], cuts={0: [cut]})
     assert job.partitions == 2
+    assert job.merge_fallback is None
+    assert job.edge_calls == 1  # call 5, across the cut
     expected, _ = _single([path])
     _header, records = _records(path)
     spanning = _spans(expected, _offsets(records).index(cut) + 1)
@@ -185,6 +188,8 @@ def test_replay_flags_across_partitions() -> None:
     size = TRACEBACK.stat().st_size
     job = _same_as_single([TRACEBACK], partition_bytes=size // 4)
     assert job.partitions == 4
+    assert job.merge_fallback is None
+    assert job.edge_calls >= 2  # the replayed PASSporT's calls are flagged in the main process
     expected, _ = _single([TRACEBACK])
     flagged = [json.loads(line) for line in expected.splitlines()]
     assert sum(1 for r in flagged if r["replay"]) >= 2
@@ -236,6 +241,7 @@ def test_time_disjoint_files_in_any_order(bench_capture: Path, tmp_path: Path) -
     small = min(f.stat().st_size for f in files[:3]) // 2
     job = _same_as_single(inputs, partition_bytes=small)
     assert job.partitions == 7  # two per plain file; the gzip file is read whole
+    assert job.merge_fallback is None
     expected, _ = _single(inputs)
     sources = [set(json.loads(line).get("frame_sources", [0])) for line in expected.splitlines()]
     assert any(len(s) == 2 for s in sources), "no call across two files"
