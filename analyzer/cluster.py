@@ -598,12 +598,16 @@ class PartitionedJob(AnalyzeJob):
         why they cannot be used."""
         if "-" in self.names:
             return "stdin cannot be read by the workers"
+        client = self.factory.client()
         try:
-            size = self.partition_bytes or partition.PARTITION_BYTES
+            size = self.partition_bytes
+            if size is None:
+                total = sum(os.stat(name).st_size for name in self.names)
+                slots = sum(client.nthreads().values())
+                size = partition.balanced_partition_bytes(total, slots)
             specs = plan_partitions(self.names, size, self.cuts)
         except OSError as exc:
             return f"cannot plan partitions: {exc}"
-        client = self.factory.client()
         verify = self.options.verify_checksums
         futures: list[Any] = [
             client.submit(scan_partition, spec, verify, pure=False) for spec in specs

@@ -56,9 +56,15 @@ from analyzer.pcapwalk import (
 )
 
 # Bytes per partition: a worker scans a VoIP capture at ~100 MB/s, so a partition is ~0.3 s of
-# work (the task overhead is a few ms) and a 150 MB capture gives five tasks to balance two
-# workers. A file smaller than two partitions is read whole.
+# work (the task overhead is a few ms). A file smaller than two partitions is read whole.
 PARTITION_BYTES = 32 << 20
+# That at most. Fewer bytes per partition when the inputs would otherwise give a worker slot
+# fewer than PARTITIONS_PER_SLOT partitions: with tasks of equal size the last round leaves
+# slots idle (five partitions on two workers: three rounds, the last half empty), so more,
+# smaller tasks balance better; each cut costs only the calls that cross it.
+# MIN_PARTITION_BYTES bounds the per-task overhead.
+PARTITIONS_PER_SLOT = 4
+MIN_PARTITION_BYTES = 4 << 20
 # Record headers that must follow each other before an offset is taken as a pcap boundary
 # (and pcapng blocks whose two lengths must match): one chance in billions for packet bytes,
 # and the partition streams check the choice anyway.
@@ -253,6 +259,14 @@ def _pcapng_chain(data: bytes, start: int, layout: CaptureLayout, at_eof: bool) 
             return _Chain.BROKEN
         pos += blen
     return _Chain.FOUND
+
+
+def balanced_partition_bytes(total_bytes: int, slots: int) -> int:
+    """The partition size for ``total_bytes`` of input on ``slots`` worker slots: enough
+    partitions for ``PARTITIONS_PER_SLOT`` each, within [``MIN_PARTITION_BYTES``,
+    ``PARTITION_BYTES``]."""
+    target = total_bytes // (max(1, slots) * PARTITIONS_PER_SLOT)
+    return max(MIN_PARTITION_BYTES, min(PARTITION_BYTES, target))
 
 
 def plan_partitions(

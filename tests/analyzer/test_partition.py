@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from analyzer import partition
 from analyzer.capture import anomaly_to_json
 from analyzer.cluster import ClusterSpec, DaskPoolFactory, PartitionedJob
 from analyzer.partition import (
@@ -484,3 +485,11 @@ def test_cluster_mode_choices(capsys: pytest.CaptureFixture[str]) -> None:
         main(argv)
     assert exited.value.code == 2
     assert "--cluster-mode" in capsys.readouterr().err
+
+
+def test_partition_size_gives_every_worker_slot_several_partitions() -> None:
+    mb = 1 << 20
+    assert partition.balanced_partition_bytes(147 * mb, 2) == 147 * mb // 8  # 8 partitions
+    assert partition.balanced_partition_bytes(10_000 * mb, 2) == partition.PARTITION_BYTES
+    assert partition.balanced_partition_bytes(mb, 2) == partition.MIN_PARTITION_BYTES
+    assert partition.balanced_partition_bytes(100 * mb, 0) == 25 * mb  # no slot seen: one
