@@ -352,7 +352,7 @@ class PartitionedJob(AnalyzeJob):
     partitions' own calls (``analyzer.parttrack``; None when they did, or did not read), and
     ``edge_calls`` how many calls this process flagged and had verified itself.
     ``partition_bytes`` sets the partition size (default
-    ``analyzer.partition.PARTITION_BYTES``), ``cuts`` where to cut given inputs instead
+    ``analyzer.partition.balanced_partition_bytes``), ``cuts`` where to cut given inputs instead
     (nominal offsets per input index, see ``plan_partitions``).
     """
 

@@ -28,14 +28,16 @@ run (the job is then marked failed).
 ``--cluster tcp://SCHEDULER:8786`` on a running ``dask.distributed`` cluster (workers need
 stirscope installed and the capture, ``--trust`` and ``--certs`` paths at the same place).
 ``--cluster-mode`` says what the workers do. ``partition``: they read the captures (each file
-cut into ~32 MB partitions at record boundaries), this process tracks the calls in capture
-order, and they verify them. ``verify``: this process reads the captures and tracks the calls,
-the workers only verify. ``auto`` (the default) is ``partition`` for 16 MB of input files or
-more, else ``verify``. Either way the records are byte-identical to a single-process run: when
-the partitions cannot give exactly the single-process result (SIP over TCP, captures that
-overlap in time, a damaged capture, workers that cannot read the files), the run uses
-``verify`` and says why on stderr and in the summary. In ``verify`` mode small captures (up
-to a few hundred calls) never start the cluster.
+cut at record boundaries into partitions of 4-32 MB, at least four per worker), track, verify
+and render the calls only their partition sees, and this process tracks the calls whose Call-ID
+spans partitions and merges all in capture order (when run-wide limits could make that differ
+from one tracker, this process tracks every call and says why: ``merge_fallback``). ``verify``:
+this process reads the captures and tracks the calls, the workers only verify. ``auto`` (the
+default) is ``partition`` for 16 MB of input files or more, else ``verify``. Either way the
+records are byte-identical to a single-process run: when the partitions cannot give exactly the
+single-process result (SIP over TCP, captures that overlap in time, a damaged capture, workers
+that cannot read the files), the run uses ``verify`` and says why on stderr and in the summary.
+In ``verify`` mode small captures (up to a few hundred calls) never start the cluster.
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ def _cluster_json(args: argparse.Namespace, job: AnalyzeJob) -> dict[str, object
         "mode": "partition" if partitions else "verify",
         "partitions": partitions,
         "fallback": getattr(job, "fallback", None),
+        "merge_fallback": getattr(job, "merge_fallback", None),
+        "edge_calls": getattr(job, "edge_calls", 0),
     }
 
 
@@ -284,12 +288,20 @@ def _run(args: argparse.Namespace) -> int:
                 f"  stored:       job {recorder.lease.job_id} in {recorder.store.url}\n"
             )
         if cluster is not None:
-            how = (
-                f"workers read {cluster['partitions']} partition(s)"
-                if cluster["partitions"]
-                else "workers verified"
-                + (f" (fallback: {cluster['fallback']})" if cluster["fallback"] else "")
-            )
+            if not cluster["partitions"]:
+                how = "workers verified" + (
+                    f" (fallback: {cluster['fallback']})" if cluster["fallback"] else ""
+                )
+            elif cluster["merge_fallback"]:
+                how = (
+                    f"workers read {cluster['partitions']} partition(s), this process tracked "
+                    f"every call ({cluster['merge_fallback']})"
+                )
+            else:
+                how = (
+                    f"workers read {cluster['partitions']} partition(s) and finished their "
+                    f"calls; {cluster['edge_calls']} call(s) across partitions merged here"
+                )
             summary_out.write(f"  cluster:      {cluster['address']}: {how}\n")
     return 0
 
