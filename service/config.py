@@ -487,6 +487,21 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         return _LINE_ENCODER.encode(entry)
 
+    def access_line(
+        self, created: float, logger: str, message: str, fields: Mapping[str, object]
+    ) -> str:
+        """What ``format`` gives for an INFO record of ``logger`` created at ``created`` with
+        ``message`` and the ``extra`` ``fields`` (no arguments, no exception), built without a
+        ``LogRecord``: the access log writes one per request (``service.api.metrics``)."""
+        entry: dict[str, object] = {
+            "time": self.iso_time(created),
+            "level": "info",
+            "logger": logger,
+            "message": message,
+        }
+        entry.update(fields)
+        return _LINE_ENCODER.encode(entry)
+
     def iso_time(self, created: float) -> str:
         """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``: the
         microseconds rounded half-even as ``fromtimestamp`` rounds them, then truncated."""
