@@ -24,11 +24,16 @@ from analyzer.calls import CallTracker
 from analyzer.capture import ObservedMessage
 from analyzer.cluster import ClusterSpec, DaskChunkPool, DaskPoolFactory, PartitionedJob
 from analyzer.parttrack import KeyedTracker, sum_stats
-from analyzer.records import jsonl_line
 from analyzer.run import AnalyzeJob
 from shaken.signing import shaken_payload, sign_passport
 from sip.keys import scan_keys
-from tests.analyzer.test_partition import OPTIONS, _facts, _records, _single, _split_files
+from tests.analyzer.test_partition import (
+    OPTIONS,
+    _records,
+    _same_as_single,
+    _single,
+    _split_files,
+)
 from tests.conftest import FIXTURES, load_script
 
 CAP = load_script(FIXTURES / "gen_captures.py")
@@ -146,23 +151,6 @@ def _capture(path: Path, seed: int, calls: int = 70, span_s: int = 2400) -> None
     path.write_bytes(out.getvalue())
 
 
-def _partitioned(
-    paths: list[Path], **kwargs: object
-) -> tuple[bytes, dict[str, object], PartitionedJob]:
-    factory = DaskPoolFactory(ClusterSpec(local_workers=2), processes=False)
-    job = PartitionedJob([str(p) for p in paths], OPTIONS, factory, **kwargs)  # type: ignore[arg-type]
-    text = "".join(str(text) for _digest, text in job.results(jsonl_line))
-    return text.encode(), _facts(job), job
-
-
-def _same(paths: list[Path], **kwargs: object) -> PartitionedJob:
-    expected, facts = _single(paths)
-    got, got_facts, job = _partitioned(paths, **kwargs)
-    assert got == expected
-    assert got_facts == facts
-    return job
-
-
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mixed") / "mixed.pcap"
@@ -188,7 +176,7 @@ def test_random_cuts_give_the_single_process_run(
     if checked_first:
         monkeypatch.setattr(cluster_module, "may_bind", lambda *_args: True)
     rng = random.Random(seed)
-    job = _same([mixed], cuts={0: _random_cuts(mixed, rng, rng.randrange(2, 9))})
+    job = _same_as_single([mixed], cuts={0: _random_cuts(mixed, rng, rng.randrange(2, 9))})
     assert job.fallback is None
     assert job.merge_fallback is None
     assert job.partitions >= 2
@@ -227,7 +215,7 @@ def test_one_partition_per_message_run(tmp_path: Path, monkeypatch: pytest.Monke
     for record in records[:-1]:
         at += len(record)
         cuts.append(at)
-    job = _same([path], cuts={0: cuts})
+    job = _same_as_single([path], cuts={0: cuts})
     assert job.partitions == len(records)
     assert job.merge_fallback is None
     assert job.edge_calls == 12
@@ -241,7 +229,7 @@ def test_files_cut_and_split_give_the_single_process_run(mixed: Path, tmp_path: 
     files = _split_files(mixed, tmp_path, [third, 2 * third + 7])
     rng = random.Random(4)
     cuts = {index: _random_cuts(path, rng, 2) for index, path in enumerate(files)}
-    job = _same([files[1], files[2], files[0]], cuts={k: cuts[k] for k in (0, 1)})
+    job = _same_as_single([files[1], files[2], files[0]], cuts={k: cuts[k] for k in (0, 1)})
     assert job.merge_fallback is None
     assert job.partitions >= 5
 
@@ -254,7 +242,7 @@ def test_times_going_backwards_track_every_call_here(tmp_path: Path) -> None:
     header, records = _records(path)
     records[10], records[11] = records[11], records[10]
     path.write_bytes(header + b"".join(records))
-    job = _same([path], cuts={0: [path.stat().st_size // 2]})
+    job = _same_as_single([path], cuts={0: [path.stat().st_size // 2]})
     assert job.fallback is None
     assert job.partitions == 2
     assert job.merge_fallback == "capture times go backwards"
@@ -266,7 +254,7 @@ def test_late_messages_past_the_remembered_call_ids_fall_back(
     """Whether a late message is late depends on every tracker's ended calls once the run
     has more calls than the tracker remembers ended."""
     monkeypatch.setattr(parttrack, "MAX_CLOSED_CALL_IDS", 10)
-    job = _same([mixed], cuts={0: [mixed.stat().st_size // 3]})
+    job = _same_as_single([mixed], cuts={0: [mixed.stat().st_size // 3]})
     assert job.merge_fallback is not None
     assert "late messages" in job.merge_fallback
 
@@ -279,7 +267,7 @@ def test_open_call_limit_falls_back(mixed: Path, monkeypatch: pytest.MonkeyPatch
         original(self, **{**kwargs, "max_open_calls": 8})
 
     monkeypatch.setattr(CallTracker, "__init__", small)
-    job = _same([mixed], cuts={0: [mixed.stat().st_size // 2]})
+    job = _same_as_single([mixed], cuts={0: [mixed.stat().st_size // 2]})
     assert job.merge_fallback is not None
     assert "open-call limit" in job.merge_fallback
 
