@@ -126,7 +126,10 @@ class StirHttpProtocol(HttpToolsProtocol):
         elif cycle.more_body:
             self._held = (cycle, app)  # answered when the body is complete
         else:
-            self._answer(cycle, app)  # a pipelined request, read in full while queued
+            # A pipelined request, read in full while queued: uvicorn starts it from the
+            # previous answer's completion, so answering here would nest each queued answer in
+            # the one before (a deep stack for a long pipeline). Next turn of the loop instead.
+            self.loop.call_soon(self._answer, cycle, app)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)

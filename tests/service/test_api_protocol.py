@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,42 @@ def test_coalescing_transport_keeps_order_and_flushes_before_close() -> None:
         return inner
 
     asyncio.run(run())
+
+
+def _depth() -> int:
+    frame, depth = sys._getframe(1), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def test_many_pipelined_requests_behind_an_asgi_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests queued behind one the ASGI path answers are answered one by one as uvicorn
+    starts them, each from the event loop, not nested in the answer before (the stack would
+    grow with the pipeline)."""
+    depths: list[int] = []
+    answer = StirHttpProtocol._answer
+
+    def measured(self: StirHttpProtocol, cycle: Any, app: Any) -> None:
+        depths.append(_depth())
+        answer(self, cycle, app)
+
+    monkeypatch.setattr(StirHttpProtocol, "_answer", measured)
+    app = create_app(make_config(tmp_path))
+    count = 300
+    stream = _request(b"{") + WARM_UP * count
+
+    async def run() -> RecordingTransport:
+        async with app.router.lifespan_context(app):
+            await _drive(app, StirHttpProtocol, [WARM_UP], 1)
+            return await _drive(app, StirHttpProtocol, [stream], count + 1)
+
+    answers = _responses(asyncio.run(run()).output)
+    assert [head.split(b"\r\n")[0] for head, _ in answers] == [
+        b"HTTP/1.1 400 Bad Request",
+        *([b"HTTP/1.1 200 OK"] * count),
+    ]
+    assert len(depths) == count + 2  # the warm-up and the bad request too
+    assert max(depths) < 100
