@@ -29,7 +29,8 @@ Each worker builds one verifier per configuration (``_verifier``) and keeps it f
 of the worker process, so its certificate cache (and, with ``--cache``, the shared Redis
 cache) fetches each x5u once per worker at most. Workers need the stirscope package, the
 configured trust/mirror paths and (partitioned mode) the capture paths at the same place as
-the client.
+the client; with an output directory (``analyzer.outputdir``) partitioned-mode workers write
+the calls they finish to their partitions' parts there, so it too must be at the same path.
 
 ``local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on loopback,
 shut down with the run; ``tcp://HOST:PORT`` (or ``tls://``) connects to a running scheduler.
@@ -54,6 +55,7 @@ from analyzer import partition, run
 from analyzer.anomaly import Anomaly
 from analyzer.calls import Call, TrackerStats
 from analyzer.capture import AnyAnomaly, ObservedMessage
+from analyzer.outputdir import PartFile, PartOutput, remove_parts
 from analyzer.partition import PartitionSpec, plan_partitions
 from analyzer.partscan import (
     PartitionScan,
@@ -197,11 +199,15 @@ def track_task(
     plan: TrackPlan,
     at_override: datetime | None,
     render: Render | None,
+    output: PartOutput | None = None,
 ) -> PartTrack:
-    """The Dask task of phase two: ``track_partition`` with this worker's verifier."""
+    """The Dask task of phase two: ``track_partition`` with this worker's verifier (and, with
+    ``output``, the partition's finished calls written to its part here, unrendered)."""
     verifier = _verifier(config)
+    if output is not None:
+        render = None
     return track_partition(
-        scan, plan, lambda calls: assess_chunk(verifier, calls, at_override, render)
+        scan, plan, lambda calls: assess_chunk(verifier, calls, at_override, render), output
     )
 
 
@@ -351,6 +357,10 @@ class PartitionedJob(AnalyzeJob):
     this process tracked every call from the scans rather than the workers tracking their
     partitions' own calls (``analyzer.parttrack``; None when they did, or did not read), and
     ``edge_calls`` how many calls this process flagged and had verified itself.
+    With ``output`` (``--output-dir``) the workers write the calls they finish to their
+    partitions' parts (``analyzer.outputdir``) and send back only their digests, marked
+    ``WRITTEN``; ``worker_parts`` then lists those parts (None when the workers did not write:
+    fallback, merge fallback, or no ``output``), set before the first result.
     ``partition_bytes`` sets the partition size (default
     ``analyzer.partition.balanced_partition_bytes``), ``cuts`` where to cut given inputs instead
     (nominal offsets per input index, see ``plan_partitions``).
@@ -364,6 +374,7 @@ class PartitionedJob(AnalyzeJob):
         *,
         partition_bytes: int | None = None,
         cuts: Mapping[int, Sequence[int]] | None = None,
+        output: PartOutput | None = None,
     ) -> None:
         super().__init__(inputs, options, pool=factory)
         self.factory = factory
@@ -374,6 +385,8 @@ class PartitionedJob(AnalyzeJob):
         self.fallback: str | None = None
         self.merge_fallback: str | None = None
         self.edge_calls = 0
+        self.output = output
+        self.worker_parts: list[PartFile] | None = None
         self._ready: _Scanned | None = None
 
     def close(self) -> None:
@@ -401,6 +414,8 @@ class PartitionedJob(AnalyzeJob):
                 self.merge_fallback = tracked
                 yield from super()._results(render, progress)  # _items: the scans merged here
             else:
+                if self.output is not None:
+                    self.worker_parts = tracked.parts
                 yield from self._merged(tracked, render, progress)
             complete = True
         finally:
@@ -432,7 +447,9 @@ class PartitionedJob(AnalyzeJob):
     def _track(self, ready: _Scanned, render: Render | None) -> _Tracked | str:
         """Phases one and two submitted to the workers; or why the result could differ from
         a single run (nothing is written before this returns). Only a run with as many
-        INVITEs as a run-wide limit needs every partition tracked before it can tell."""
+        INVITEs as a run-wide limit needs every partition tracked before it can tell, and a run
+        whose workers write the records (``output``): a worker that cannot write its part must
+        be known before this process writes any (the run then tracks every call here)."""
         client = self.factory.client()
         specs, order = ready.specs, ready.order
         submitted: list[Any] = []
@@ -450,7 +467,7 @@ class PartitionedJob(AnalyzeJob):
             tracking = plan_tracking(order, offsets, sources, found)
             if isinstance(tracking, str):
                 return tracking
-            at, config = self.options.at_override, self.options.config
+            at, config, output = self.options.at_override, self.options.config, self.output
             tracks = {
                 index: client.submit(
                     track_task,
@@ -459,6 +476,7 @@ class PartitionedJob(AnalyzeJob):
                     tracking.plans[index],
                     at,
                     render,
+                    output,
                     pure=False,
                 )
                 for index in order
@@ -469,17 +487,35 @@ class PartitionedJob(AnalyzeJob):
             }
             submitted += [*tracks.values(), *edges.values(), *entries.values()]
             tracked = _Tracked(order, edges, entries, EdgeTracker(tracking.checks))
-            if may_bind(tracking, tracked.main.tracker):
+            if output is not None or may_bind(tracking, tracked.main.tracker):
                 reason = tracked.track_all(tracking)
                 if reason is not None:
                     client.cancel(submitted)
+                    self._unwrite(tracked.parts)
                     return reason
-        except OSError as exc:  # a worker lost its scan, typically
+        except (OSError, ImportError) as exc:  # a worker lost its scan, cannot write its part
+            if output is not None:
+                self._unwrite_all(len(order), submitted)
             client.cancel(submitted)
             return f"a worker could not track its partition: {exc}"
         for index in order:
             ready.futures[index] = None  # released once tracked
         return tracked
+
+    def _unwrite(self, parts: list[PartFile]) -> None:
+        """The workers' parts removed: this process writes every call after all."""
+        if self.output is not None:
+            remove_parts(self.output, [part.name for part in parts])
+
+    def _unwrite_all(self, partitions: int, submitted: list[Any]) -> None:
+        """After a failed phase two: every part a worker may have written removed, once the
+        tasks are over (a task still running could write its part after the removal)."""
+        assert self.output is not None
+        # Cancelling does not stop a running task: wait for every one (the failed ones end
+        # too, their errors already known) before removing what they wrote.
+        _distributed().wait(submitted)
+        names = [self.output.part_name("part", rank) for rank in range(partitions)]
+        remove_parts(self.output, names)
 
     def _merged(
         self, tracked: _Tracked, render: Render | None, progress: Callable[[int], None] | None
@@ -661,6 +697,7 @@ class _Tracked:
         self._edges = edges
         self._entries = entries
         self._fetched: dict[int, PartEdge] = {}
+        self.parts: list[PartFile] = []
         self._own: list[tuple[EmitKey, Call]] | None = None
         self._mine = 0
 
@@ -685,6 +722,7 @@ class _Tracked:
         own += self.main.finish()
         self._own = own
         edges = [self._fetched[index] for index in self.order]
+        self.parts = [edge.part for edge in edges if edge.part is not None]
         return binding_limit(tracking, edges, self.main.tracker)
 
     def own(self, rank: int, edge: PartEdge) -> list[tuple[EmitKey, Call]]:

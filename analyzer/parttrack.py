@@ -28,7 +28,9 @@ Every emitted call carries its *emission key* (check position, then the order in
 check: deadline and closing position, or activity position; or the end-of-input order),
 comparable across trackers, so merging the streams by key is the single run's order. Calls
 whose PASSporT signature appears more than once in the run come back unverified: the main
-process flags replays in emission order and verifies them, with the shared calls.
+process flags replays in emission order and verifies them, with the shared calls. With an
+output directory (``--output-dir``) a worker writes its finished calls to its partition's part
+itself and returns only their digests (``analyzer.outputdir``).
 
 This is exact as long as the run-wide state never binds, which the main process makes sure
 of before writing anything (else it tracks every call itself from the scans, the previous
@@ -66,7 +68,9 @@ from analyzer.calls import (
     _OpenCall,
 )
 from analyzer.capture import ObservedMessage
+from analyzer.outputdir import WRITTEN, PartFile, PartOutput
 from analyzer.partscan import PartitionScan, observed, placed
+from analyzer.records import CallRecord
 from analyzer.run import Flagged, Result
 from analyzer.traceback_replay import MAX_REMEMBERED, signature_digest
 
@@ -311,7 +315,9 @@ def plan_tracking(
 class PartEdge:
     """What the main process needs of a tracked partition before writing: the messages of
     shared Call-IDs ``(position, message)``, the anomalies in capture order (placed), the
-    fragment anomalies its end flushed, its tracker's counts and limits."""
+    fragment anomalies its end flushed, its tracker's counts and limits; ``part`` the part
+    file its worker wrote its finished calls to (``--output-dir``; None without, or when it
+    had none)."""
 
     messages: tuple[tuple[int, ObservedMessage], ...]
     anomalies: tuple[Anomaly, ...]
@@ -319,6 +325,7 @@ class PartEdge:
     stats: TrackerStats
     max_open: int
     evictions: int
+    part: PartFile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,19 +341,26 @@ class PartTrack:
 Assess = Callable[[list[Flagged]], list[Result]]
 
 
-def track_partition(scan: PartitionScan, plan: TrackPlan, assess: Assess) -> PartTrack:
+def track_partition(
+    scan: PartitionScan, plan: TrackPlan, assess: Assess, output: PartOutput | None = None
+) -> PartTrack:
     """The worker task of phase two (see the module docstring); ``assess`` verifies and
-    renders calls. A pure function of the scan and the plan."""
+    renders calls. A pure function of the scan and the plan. With ``output`` (``assess`` then
+    returns records, unrendered) the finished calls are written to the partition's own part
+    (``part-<rank>``, in emission order) and come back as their digests only
+    (``analyzer.outputdir.WRITTEN``): the records never travel to the main process."""
     collecting = gc.isenabled()
     gc.disable()  # many acyclic objects, nothing to collect (as in scan_partition)
     try:
-        return _track(scan, plan, assess)
+        return _track(scan, plan, assess, output)
     finally:
         if collecting:
             gc.enable()
 
 
-def _track(scan: PartitionScan, plan: TrackPlan, assess: Assess) -> PartTrack:
+def _track(
+    scan: PartitionScan, plan: TrackPlan, assess: Assess, output: PartOutput | None
+) -> PartTrack:
     tracker = KeyedTracker()
     tracker.resume(plan.now_ns, plan.next_expiry_ns)
     offset, source, shared = plan.offset, plan.source, plan.shared
@@ -386,12 +400,29 @@ def _track(scan: PartitionScan, plan: TrackPlan, assess: Assess) -> PartTrack:
         (key, call if _repeated(call, plan.repeated) else next(results))
         for key, call in zip(tracker.keys, calls, strict=True)
     ]
+    part = _write_part(output, plan.rank, entries) if output is not None else None
     found = PartEdge(
         tuple(edge), tuple(anomalies), tuple(placed(a, offset, source) for a in scan.tail),
-        tracker.stats, tracker.max_open, tracker.evictions,
+        tracker.stats, tracker.max_open, tracker.evictions, part,
     )  # fmt: skip
     dump = pickle.dumps
     return PartTrack(dump(found, pickle.HIGHEST_PROTOCOL), dump(entries, pickle.HIGHEST_PROTOCOL))
+
+
+def _write_part(output: PartOutput, rank: int, entries: list[Entry]) -> PartFile | None:
+    """The finished calls of ``entries`` written to partition ``rank``'s part, each entry's
+    record replaced by ``WRITTEN`` (in place); None when there is no finished call."""
+    records: list[CallRecord] = []
+    for index, (key, value) in enumerate(entries):
+        if isinstance(value, Call):
+            continue  # flagged and verified in the main process, which writes it
+        digest, record = value
+        assert isinstance(record, CallRecord), "assess must not render when workers write"
+        records.append(record)
+        entries[index] = (key, (digest, WRITTEN))
+    if not records:
+        return None
+    return output.write_part(output.part_name("part", rank), records)
 
 
 def _repeated(call: Call, repeated: frozenset[int]) -> bool:

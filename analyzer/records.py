@@ -232,7 +232,12 @@ class CallRecord:
 
     def to_row(self) -> list[str]:
         """The CSV row, in ``CSV_FIELDS`` order (empty string for null)."""
-        values: list[object] = [
+        return ["" if v is None else str(v) for v in self.flat_values()]
+
+    def flat_values(self) -> list[str | int | None]:
+        """The flat fields, in ``CSV_FIELDS`` order, typed (None for null): the CSV row before
+        it becomes text, and the typed columns of a Parquet part (``analyzer.outputdir``)."""
+        values: list[str | int | None] = [
             self.call_id, self.start, self.start_ns, self.src, self.dst, self.transport,
             self.encapsulation, self.request_uri, self.from_.raw, self.from_.tn, self.to.raw,
             self.to.tn, self.pai.raw, self.pai.tn, self.final_status, self.state, self.end,
@@ -241,7 +246,7 @@ class CallRecord:
             " ".join(map(str, self.frames)),
             ";".join(str(a.get("kind")) for a in self.anomalies), self.error,
         ]  # fmt: skip
-        return ["" if v is None else str(v) for v in values]
+        return values
 
 
 # The JSONL encoder, made once (``json.dumps`` with options builds one per call): compact,

@@ -1,10 +1,11 @@
 """`stirscope analyze`: every call in packet captures, with attestation, signer and verdict.
 
 Usage: ``stirscope analyze CAPTURE... [--trust PATH] [--certs DIR] [--fetch] [--at T]
-[--format table|jsonl|csv|html] [-o PATH] [--json]`` plus the verifier options of
-``stirscope verify``. CAPTURE is a pcap or pcapng file, gzip-compressed or not, or ``-`` for
-stdin; several captures are merged in time order. Each INVITE is verified as of its packet
-timestamp unless ``--at`` fixes the time. Trust anchors are required, as for ``verify``.
+[--format table|jsonl|csv|html|parquet] [-o PATH | --output-dir DIR] [--json]`` plus the
+verifier options of ``stirscope verify``. CAPTURE is a pcap or pcapng file, gzip-compressed or
+not, or ``-`` for stdin; several captures are merged in time order. Each INVITE is verified
+as of its packet timestamp unless ``--at`` fixes the time. Trust anchors are required, as for
+``verify``.
 
 Outputs: ``table`` (default) prints a per-call table and a summary (calls, attestation mix,
 verdicts, top signers, anomalies); ``jsonl`` one JSON object per call; ``csv`` the flat
@@ -12,6 +13,16 @@ fields; ``html`` a self-contained report with charts. Records go to ``-o PATH`` 
 summary then goes to stdout when ``-o`` is given, else to stderr. ``--json`` prints the
 summary (counts, anomalies, evidence manifest) as JSON instead of text. An evidence manifest
 is written to ``--manifest PATH``, or beside ``-o PATH`` as ``PATH.manifest.json``.
+
+``--output-dir DIR`` writes the records as a dataset of part files instead of one stream:
+``DIR/part-00000.jsonl``... (``--format jsonl``, the default there) or ``DIR/part-00000.parquet``...
+(``--format parquet``, only with ``--output-dir``; needs pyarrow: ``stirscope[parquet]``), a
+new part every 100,000 records; DIR must be new or empty. The summary goes to stdout; the
+manifest (``--manifest``, ``--json``) lists the parts with their SHA-256 (``outputs``). With
+``--cluster`` in partition mode each worker writes the calls it finished to its partition's
+part (``part-<rank>``), this process those it tracked (``part-main-*``): DIR must be at the
+same path on the workers (a shared directory), as the captures are. The parts' union is the
+single-process record set, each part in emission order.
 
 ``--db URL`` also records the run in a results store (``sqlite:///PATH`` or a file path for
 SQLite, ``postgresql://USER@HOST/DB`` for PostgreSQL), the one `stirscope serve` reads: a
@@ -56,6 +67,15 @@ from typing import TYPE_CHECKING, TextIO
 
 from analyzer.capture import anomaly_to_json
 from analyzer.manifest import build_manifest
+from analyzer.outputdir import (
+    WRITTEN,
+    DatasetWriter,
+    OutputDirError,
+    PartFile,
+    PartOutput,
+    write_empty,
+)
+from analyzer.outputdir import prepare as prepare_output
 from analyzer.pcapfile import NotACaptureError
 from analyzer.records import (
     CSV_FIELDS,
@@ -73,7 +93,7 @@ from service.cmd_verify import UsageError, add_verifier_options, config_from_arg
 if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported only when --db is used
     from analyzer.storage import Heartbeat, Lease, RunWriter, Store
 
-FORMATS = ("table", "jsonl", "csv", "html")
+FORMATS = ("table", "jsonl", "csv", "html", "parquet")
 CLUSTER_MODES = ("auto", "partition", "verify")
 # Calls listed in the HTML report (all are counted in its summary and charts): a case-file
 # attachment stays openable in a browser; JSONL has every call.
@@ -92,8 +112,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng[.gz] or -")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="record format")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="record format (default table; jsonl with --output-dir; parquet needs it)",
+    )
     parser.add_argument("-o", "--output", metavar="PATH", help="write records here")
+    parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write the records as part files DIR/part-*.jsonl|parquet (DIR new or empty)",
+    )
     parser.add_argument("--json", action="store_true", help="summary as JSON")
     parser.add_argument(
         "--at",
@@ -155,7 +185,24 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
-def _open_job(args: argparse.Namespace) -> AnalyzeJob:
+def _output_dir(args: argparse.Namespace) -> PartOutput | None:
+    """``--output-dir``: the format resolved (``args.format``) and the directory prepared;
+    None without it."""
+    if args.output_dir is None:
+        if args.format == "parquet":
+            raise UsageError("--format parquet needs --output-dir")
+        args.format = args.format or "table"
+        return None
+    if args.output is not None:
+        raise UsageError("-o and --output-dir exclude each other")
+    args.format = args.format or "jsonl"
+    try:
+        return prepare_output(args.output_dir, args.format)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _open_job(args: argparse.Namespace, output: PartOutput | None = None) -> AnalyzeJob:
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     pool = None
@@ -182,7 +229,9 @@ def _open_job(args: argparse.Namespace) -> AnalyzeJob:
         if pool is not None and _partitioned(args):
             from analyzer.cluster import PartitionedJob
 
-            return PartitionedJob(args.captures, options, pool)
+            # The store needs every record in this process: then the workers do not write.
+            writes = output if output is not None and not args.db else None
+            return PartitionedJob(args.captures, options, pool, output=writes)
         return AnalyzeJob(args.captures, options, pool=pool)
     except NotACaptureError as exc:
         raise UsageError(str(exc)) from exc
@@ -214,7 +263,9 @@ def _cluster_json(args: argparse.Namespace, job: AnalyzeJob) -> dict[str, object
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = _open_job(args)
+    output = _output_dir(args)
+    job = _open_job(args, output)
+    parts: list[PartFile] = []
     with contextlib.ExitStack() as stack:
         stack.callback(job.close)
         out: TextIO = sys.stdout
@@ -226,8 +277,10 @@ def _run(args: argparse.Namespace) -> int:
         recorder = _Recorder.start(args, job, stack) if args.db else None
         sink = recorder.add if recorder is not None else None
         progress = _Progress(job) if sys.stderr.isatty() else None
-        if args.json and args.format == "table" and not args.output:
-            kept = []
+        kept: list[CallRecord] = []
+        if output is not None:
+            parts = _write_parts(job, output, progress, sink)
+        elif args.json and args.format == "table" and not args.output:
             for _digest, record in job.results(None, progress.update if progress else None):
                 if sink is not None:  # the JSON summary replaces the table on stdout
                     assert isinstance(record, CallRecord)
@@ -245,6 +298,8 @@ def _run(args: argparse.Namespace) -> int:
             stats=job.stats,
             output_format=args.format,
         )
+        if output is not None:  # an addition: the other keys keep their shape
+            manifest["outputs"] = [part.to_json(output.directory) for part in parts]
         anomalies = [anomaly_to_json(a) for a in job.anomalies]
         if args.format == "html":
             out.write(
@@ -262,7 +317,8 @@ def _run(args: argparse.Namespace) -> int:
             _write_json(Path(manifest_path), manifest)
         if recorder is not None:
             recorder.finish(job, manifest, anomalies)
-    summary_out = sys.stdout if (args.output or args.format == "table") else sys.stderr
+    records_on_stdout = not (args.output or args.output_dir) and args.format != "table"
+    summary_out = sys.stderr if records_on_stdout else sys.stdout
     cluster = _cluster_json(args, job)
     if cluster is not None and cluster["fallback"]:
         print(
@@ -351,6 +407,40 @@ def _write(
     if fmt == "table":
         out.write("(no calls)\n\n" if not rows else "\n")
     return kept
+
+
+def _write_parts(
+    job: AnalyzeJob,
+    output: PartOutput,
+    progress: _Progress | None,
+    sink: Callable[[CallRecord], None] | None = None,
+) -> list[PartFile]:
+    """``--output-dir``: the records this process writes in parts, after the parts the workers
+    wrote (partitioned cluster mode: their calls come back ``WRITTEN``, digest only); the
+    list of every part. A Parquet part or the store needs the records, JSONL only the text."""
+    update = progress.update if progress else None
+    render = jsonl_line if output.fmt == "jsonl" and sink is None else None
+    writer: DatasetWriter | None = None
+    try:
+        for _digest, item in job.results(render, update):
+            if item == WRITTEN:
+                continue
+            if writer is None:  # the workers' decision is known once results come
+                worker_parts = getattr(job, "worker_parts", None)
+                writer = DatasetWriter(output, "part" if worker_parts is None else "part-main")
+            if isinstance(item, CallRecord):
+                if sink is not None:
+                    sink(item)
+                writer.add(item, jsonl_line(item))
+            else:
+                writer.add(None, item)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    worker_parts = list(getattr(job, "worker_parts", None) or ())
+    parts = [*worker_parts, *(writer.close() if writer is not None else [])]
+    return parts or [write_empty(output)]
 
 
 def dump_jsonl(record: CallRecord) -> str:
