@@ -48,7 +48,7 @@ from analyzer.sipanswer import (
 from shaken.result import VerificationResult, Verstat
 from shaken.verifier import VerificationRequest
 from sip import Request, Response, SipParseError, parse_message
-from sip.build import to_is_tagged
+from sip.build import plain_top_via, to_is_tagged
 from sip.defects import SipReason
 from sip.limits import MAX_MESSAGE_BYTES
 
@@ -330,20 +330,27 @@ class SipServerCore:
 
     @staticmethod
     def _answerable(request: Request) -> bool:
-        """A response needs the top Via (to be routed and matched) and CSeq (RFC 3261 8.2.6)."""
-        return bool(request.via) and request.cseq is not None
+        """A response needs the top Via (to be routed and matched) and CSeq (RFC 3261 8.2.6).
+        A plain top Via is known to parse without parsing it (`plain_top_via`)."""
+        has_via = plain_top_via(request) is not None or bool(request.via)
+        return has_via and request.cseq is not None
 
     @staticmethod
     def _key(request: Request, method: str) -> tuple[str, str, str]:
         """Server transaction key (RFC 3261 section 17.2.3); for branches without the magic
         cookie (RFC 2543 clients) the Call-ID, From tag and CSeq number stand in."""
-        via = request.via[0]
-        branch = via.branch or ""
+        top = plain_top_via(request)
+        if top is not None:
+            found, sent_by = top
+        else:
+            via = request.via[0]
+            found, sent_by = via.branch, via.sent_by
+        branch = found or ""
         if not branch.startswith(MAGIC_COOKIE):
             from_tag = request.from_.tag if request.from_ else ""
             seq = request.cseq.number if request.cseq else 0
             branch = f"2543|{request.call_id}|{from_tag}|{seq}|{branch}"
-        return (branch, via.sent_by.lower(), method)
+        return (branch, sent_by.lower(), method)
 
     def _request(self, request: Request, at: datetime, shed: bool = False) -> Decision:
         method = request.method

@@ -22,6 +22,43 @@ _PLAIN_NAME_ADDR = re.compile(
 )
 
 
+# A top Via value of the plain shape: ``SIP/2.0/<transport> <host>[:<port>]`` (a host name or
+# IPv4 address, a port without a leading zero) then non-empty ``;name[=value]`` parameters
+# without blanks, quotes, commas or semicolons inside; printable ASCII only. For it
+# `parse_via_checked` cannot fail, its ``sent_by`` is the host and port as written, and its
+# ``branch`` is the first ``branch`` item of the parameters (see `plain_top_via`).
+_PLAIN_VIA = re.compile(
+    r"[ \t]*SIP/2\.0/[A-Za-z]+ ([A-Za-z0-9.-]+(?::[1-9][0-9]{0,4})?)((?:;[!#-+\--:<-~]+)*)[ \t]*"
+)
+
+
+def plain_top_via(request: Request) -> tuple[str | None, str] | None:
+    """``(branch, sent_by)`` of the top Via (``request.via[0]``) when its value has the plain
+    shape, read without the Via parse (``branch`` None when absent, ``""`` for a flag); None
+    otherwise (no Via, several in one line, or another shape): then use ``request.via``. A
+    server answering every INVITE needs only these two of the Via, several times per call.
+    RFC 3261 sections 17.2.3, 20.42 and 25.1.
+    """
+    # Remembered with the request's parsed fields: the key, the 302 and its To tag ask again.
+    return request._memo("plain_top_via", lambda: (_plain_top_via(request), []))
+
+
+def _plain_top_via(request: Request) -> tuple[str | None, str] | None:
+    value = request.headers.get("via")
+    if value is None or "," in value:
+        return None
+    plain = _PLAIN_VIA.fullmatch(value)
+    if plain is None:
+        return None
+    params = plain.group(2)
+    if params:
+        for item in params[1:].split(";"):
+            name, eq, found = item.partition("=")
+            if name.lower() == "branch":
+                return (found if eq else ""), plain.group(1)
+    return None, plain.group(1)
+
+
 def plain_tag(value: str) -> tuple[bool, str | None]:
     """``(True, tag)`` when ``value`` (a From or To value) has the plain name-addr shape, with
     the ``tag`` parameter its parse gives (``""`` for a flag, None when absent); ``(False,
@@ -53,7 +90,12 @@ def _from_tag(request: Request) -> str | None:
 
 def to_is_tagged(request: Request) -> bool | None:
     """Whether the To header carries a tag (an in-dialog request, RFC 3261 section 12.2);
-    None when there is no To a parse can read. Plain values are read without a parse."""
+    None when there is no To a parse can read. Plain values are read without a parse.
+    Remembered with the request's parsed fields (the core and the answer both ask)."""
+    return request._memo("to_is_tagged", lambda: (_to_is_tagged(request), []))
+
+
+def _to_is_tagged(request: Request) -> bool | None:
     value = request.headers.get("to")
     if value is not None:
         plain, tag = plain_tag(value)
@@ -70,7 +112,11 @@ def derive_to_tag(request: Request) -> str:
     RFC 3261 section 19.3.
     """
     from_tag = _from_tag(request)
-    branch = request.via[0].branch if request.via else ""
+    top = plain_top_via(request)
+    if top is not None:
+        branch: str | None = top[0]
+    else:
+        branch = request.via[0].branch if request.via else ""
     seed = f"{request.call_id}\x00{from_tag}\x00{branch}".encode("utf-8", "surrogateescape")
     return hashlib.sha256(seed).hexdigest()[:_TAG_HEX_DIGITS]
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from analyzer.sipserver import _URI_SCHEME_PREFIX, _URI_SCHEMES, Action, SipServerCore
 from sip import Request, derive_to_tag, parse_message, parse_name_addr, response_bytes
-from sip.build import plain_tag, to_is_tagged
+from sip.build import plain_tag, plain_top_via, to_is_tagged
 from tests.service.invites import FIXTURE_AT, build_invite, fixture_call, with_branch
 
 # Characters that matter to a name-addr parse (quotes, escapes, brackets, separators, blanks)
@@ -173,3 +173,78 @@ def test_shed_invites_get_the_bytes_of_a_shed_job() -> None:
     assert fast.receive(options, at=FIXTURE_AT, shed=True) == slow.receive(options, at=FIXTURE_AT)
     assert fast.transactions == slow.transactions
     assert fast.stats.responses[503] == slow.stats.responses[503] == 6
+
+
+# Pieces of a Via value that matter to its parse: the sent-protocol, host and port shapes
+# (IPv6, leading zeros, blanks, empty or odd ports), and parameters with case, flags, empty
+# values, quotes, commas (a second via-parm) and empty items.
+_VIA_PROTOCOLS = st.sampled_from(["SIP/2.0/UDP", "SIP/2.0/tcp", "sip/2.0/UDP", "SIP / 2.0 / UDP"])
+_VIA_HOSTS = st.sampled_from(
+    ["127.0.0.1", "Host.Example", "h", "[::1]", "[2001:db8::1]", "a_b", "", "h h"]
+)
+_VIA_PORTS = st.sampled_from(["", ":5060", ":05060", ":0", ":99999", ":123456", ":", ":x"])
+_VIA_PARAMS = st.lists(
+    st.tuples(
+        st.sampled_from(["branch", "BRANCH", "Branch", "rport", "received", "", " branch", "x"]),
+        st.one_of(
+            st.none(),
+            st.sampled_from(["", "z9hG4bK-1", "z9hG4bKabc", "old", '"q"', "a,b", "1.2.3.4", "a b"]),
+        ),
+    ),
+    max_size=3,
+)
+
+
+@st.composite
+def via_values(draw: st.DrawFn) -> str:
+    params = "".join(
+        f";{name}" if value is None else f";{name}={value}" for name, value in draw(_VIA_PARAMS)
+    )
+    value = f"{draw(_VIA_PROTOCOLS)} {draw(_VIA_HOSTS)}{draw(_VIA_PORTS)}{params}"
+    return value + draw(st.sampled_from(["", ", SIP/2.0/UDP second;branch=z9hG4bK2"]))
+
+
+@settings(max_examples=800, deadline=None)
+@given(via_values())
+@example("SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-4242-1-0")
+@example("SIP/2.0/UDP h:05060;branch=z9hG4bKx")
+@example("SIP/2.0/UDP h;BRANCH;branch=z9hG4bKx")
+def test_plain_top_via_is_the_parsed_top_via(value: str) -> None:
+    """``plain_top_via`` gives the branch and sent-by of ``request.via[0]`` or declines, and
+    the core's transaction key and 302 bytes are those the full Via parse gives."""
+    data = build_invite(identities=[], date=None, call_id="c1").decode()
+    lines = [f"Via: {value}" if line.startswith("Via:") else line for line in data.split("\r\n")]
+    raw = "\r\n".join(lines).encode()
+    message = parse_message(raw)
+    assert isinstance(message, Request)
+    top = plain_top_via(message)
+    reference = parse_message(raw)
+    assert isinstance(reference, Request)
+    if top is not None:
+        assert reference.via
+        assert top == (reference.via[0].branch, reference.via[0].sent_by)
+    if reference.via:
+        via = reference.via[0]
+        branch = via.branch or ""
+        if branch.startswith("z9hG4bK"):
+            assert SipServerCore._key(message, "INVITE") == (branch, via.sent_by.lower(), "INVITE")
+        assert derive_to_tag(parse_message(raw)) == reference_to_tag(reference)  # type: ignore[arg-type]
+    assert SipServerCore._answerable(message) is (
+        bool(reference.via) and reference.cseq is not None
+    )
+
+
+def test_plain_top_via_declines_what_it_cannot_read() -> None:
+    declined = [
+        "SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1",
+        "SIP/2.0/UDP h:05060;branch=x",
+        "SIP/2.0/UDP h;branch=a, SIP/2.0/UDP g",
+        "SIP / 2.0 / UDP h;branch=x",
+    ]
+    for value in declined:
+        message = parse_message(
+            f"OPTIONS sip:a@b SIP/2.0\r\nVia: {value}\r\nCSeq: 1 OPTIONS\r\n\r\n".encode()
+        )
+        assert isinstance(message, Request)
+        assert plain_top_via(message) is None
+        assert message.via  # the parse reads them: the server falls back to it
