@@ -20,29 +20,16 @@ from analyzer import outputdir
 from analyzer.cluster import ClusterSpec, DaskPoolFactory, PartitionedJob
 from analyzer.outputdir import WRITTEN, PartOutput
 from analyzer.records import CSV_FIELDS, jsonl_line
-from analyzer.run import AnalyzeJob, AnalyzeOptions
-from analyzer.verifying import VerifierConfig
+from analyzer.run import AnalyzeJob
 from service.cli import main
-from tests.conftest import FIXTURES, ROOT, load_script
-
-DEMO = FIXTURES / "demo" / "demo.pcap"
-TRACEBACK = FIXTURES / "traceback" / "traceback.pcap"
-CONFIG = VerifierConfig(trust=(FIXTURES / "pki" / "trust",), certs_dirs=(FIXTURES / "certs",))
-OPTIONS = AnalyzeOptions(config=CONFIG, workers=1)
-TRUST = ["--trust", str(FIXTURES / "pki" / "trust"), "--certs", str(FIXTURES / "certs")]
-# More calls than analyzer.run.INLINE_CALLS (128): --workers 2 verifies some in its pool.
-CALLS = 200
-PCAP_HEADER = 24
-
-
-@pytest.fixture(scope="module")
-def bench_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``CALLS`` signed calls (bench/bench_analyze.py's generator), UDP only."""
-    bench = load_script(ROOT / "bench" / "bench_analyze.py")
-    setattr(bench, "CALLS", CALLS)  # noqa: B010 - the generator reads the module global
-    path = tmp_path_factory.mktemp("bench") / "bench.pcap"
-    bench.build(path)
-    return path
+from tests.analyzer.test_partition import (  # the same captures and settings
+    DEMO,
+    OPTIONS,
+    PCAP_HEADER,
+    TRACEBACK,
+    TRUST,
+)
+from tests.conftest import FIXTURES
 
 
 def _single_jsonl(paths: list[Path]) -> bytes:

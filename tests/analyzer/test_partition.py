@@ -32,7 +32,8 @@ from analyzer.records import jsonl_line
 from analyzer.run import AnalyzeJob, AnalyzeOptions
 from analyzer.verifying import VerifierConfig
 from service.cli import main
-from tests.conftest import FIXTURES, ROOT, load_script
+from tests.analyzer.conftest import CALLS
+from tests.conftest import FIXTURES, load_script
 
 CAPTURES = FIXTURES / "captures"
 DEMO = FIXTURES / "demo" / "demo.pcap"
@@ -42,22 +43,7 @@ OPTIONS = AnalyzeOptions(config=CONFIG, workers=1)
 TRUST = ["--trust", str(FIXTURES / "pki" / "trust"), "--certs", str(FIXTURES / "certs")]
 PCAP_HEADER = 24
 NS = 1_000_000_000
-# Calls in the generated captures: more than analyzer.run.INLINE_CALLS (128), so the pool of
-# the cluster verifies some of them too.
-CALLS = 200
-
-
 CAP = load_script(FIXTURES / "gen_captures.py")
-
-
-@pytest.fixture(scope="module")
-def bench_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``CALLS`` signed calls with RTP (bench/bench_analyze.py's generator), UDP only."""
-    bench = load_script(ROOT / "bench" / "bench_analyze.py")
-    setattr(bench, "CALLS", CALLS)  # noqa: B010 - the generator reads the module global
-    path = tmp_path_factory.mktemp("bench") / "bench.pcap"
-    bench.build(path)
-    return path
 
 
 def _records(path: Path) -> tuple[bytes, list[bytes]]:
