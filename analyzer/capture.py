@@ -134,12 +134,10 @@ def _scanned(
     sport: int, dst: str, dport: int, transport: str, source_file: int, encapsulation: str,
 ) -> ObservedMessage:  # fmt: skip
     """``ObservedMessage.scanned`` for unpickling (a module function pickles by name once)."""
-    obs = _new(ObservedMessage)
-    _fill(
-        obs, raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
-        encapsulation, None,
+    return ObservedMessage.scanned(
+        raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
+        encapsulation,
     )  # fmt: skip
-    return obs
 
 
 def _fill(
