@@ -110,6 +110,16 @@ def start_listen(url: str, listener: str) -> tuple[subprocess.Popen[str], Endpoi
             return proc, bound, words[4]
 
 
+def wait_running(url: str, job_id: str, input_name: str, *, calls: int) -> None:
+    """The listener's job is running on ``input_name`` and has ``calls`` calls stored (soon)."""
+    with Store.open(url) as store:
+        job = store.get_job(job_id)
+        assert job is not None
+        assert job.state is JobState.RUNNING
+        assert [i.name for i in job.inputs] == [input_name]
+        wait_for(lambda: store.count_calls(CallFilter(job_id=job_id)) == calls)
+
+
 def session(url: str) -> tuple[str, subprocess.CompletedProcess[str]]:
     """A live session: two finished calls (the second replays the first's PASSporT), one in
     progress at shutdown and a garbage datagram; checks the calls are in the store while
@@ -125,13 +135,8 @@ def session(url: str) -> tuple[str, subprocess.CompletedProcess[str]]:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for packet in packets:
                 sock.sendto(packet, hep)
-        with Store.open(url) as store:
-            job = store.get_job(job_id)
-            assert job is not None
-            assert job.state is JobState.RUNNING
-            assert [i.name for i in job.inputs] == [f"hep:udp:{hep[0]}:{hep[1]}"]
-            # Both dialogs ended (their linger passed): written while the listener runs.
-            wait_for(lambda: store.count_calls(CallFilter(job_id=job_id)) == 2)
+        # Both dialogs ended (their linger passed): written while the listener runs.
+        wait_running(url, job_id, f"hep:udp:{hep[0]}:{hep[1]}", calls=2)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -222,12 +227,7 @@ def sip_session(url: str) -> tuple[str, str, subprocess.CompletedProcess[str]]:
             for invite in invites:
                 sock.sendto(invite, (sip.host, sip.port))
                 assert answer_status(sock) == 302
-        with Store.open(url) as store:
-            job = store.get_job(job_id)
-            assert job is not None
-            assert job.state is JobState.RUNNING
-            assert [i.name for i in job.inputs] == [f"sip:udp:{sip.host}:{sip.port}"]
-            wait_for(lambda: store.count_calls(CallFilter(job_id=job_id)) == 3)
+        wait_running(url, job_id, f"sip:udp:{sip.host}:{sip.port}", calls=3)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
