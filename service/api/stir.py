@@ -406,12 +406,12 @@ def verification_now(
     ``COLD_SCOPE_KEY`` set in ``scope``, when a certificate or CRL must be fetched first
     (that must not happen on the loop), or when the server verifies in the pool only."""
     state = app_state(app)
+    if state.verify_cached is None:
+        return None  # before any work: the ASGI path would do it all again
     flavour = _preamble(state, headers, scope)
     if len(body) > state.config.max_body_bytes:
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(state.config.max_body_bytes))
     core, shape, request_id = verification_input(json_object(body, headers.get("content-type", "")))
-    if state.verify_cached is None:
-        return None
     at = datetime.fromtimestamp(state.config.clock(), UTC)
     started = time.perf_counter()
     try:
