@@ -110,7 +110,20 @@ class SipParseError(ValueError):
 
     def __init__(self, reason: SipReason, detail: str = "", offset: int | None = None) -> None:
         self.reason = reason
-        self.detail = detail
+        self.detail = detail = _as_text(detail)
         self.offset = offset
         where = f" at byte {offset}" if offset is not None else ""
         super().__init__(f"{reason.value}{where}: {detail}" if detail else f"{reason.value}{where}")
+
+
+def _as_text(detail: str) -> str:
+    """``detail`` with the bytes that were not UTF-8 (kept as lone surrogates by the parser's
+    ``surrogateescape`` decoding) shown as ``\\xNN``: an error text is printed and put in JSON,
+    where a lone surrogate cannot be encoded (a traceback, or bytes that are not UTF-8)."""
+    if detail.isascii():
+        return detail
+    try:
+        raw = detail.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding of bytes makes
+        return detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")

@@ -302,3 +302,13 @@ def test_messages_are_frozen_values() -> None:
     with pytest.raises(AttributeError):
         msg.method = "BYE"  # type: ignore[misc]
     assert msg == parse_message(crlf(BASIC))
+
+
+def test_parse_error_text_shows_bytes_that_are_not_utf8_as_escapes() -> None:
+    """A status line with a byte that is not UTF-8 (a fuzzed capture's): the error text names
+    it as ``\\x85``, and can be encoded strictly (printed, put in JSON) without a traceback."""
+    with pytest.raises(SipParseError) as caught:
+        parse_message(b"SIP/2.0 \x8500 Trying\r\nVia: SIP/2.0/UDP h\r\n\r\n")
+    assert "\\x85" in caught.value.detail
+    caught.value.detail.encode("utf-8")
+    str(caught.value).encode("utf-8")
