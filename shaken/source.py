@@ -4,8 +4,8 @@ Step 16-17 of the verification checklist (STANDARDS.md section 10) need the byte
 ``info``/``x5u`` URL and behind the CRL distribution points. This module stays sans-IO: it
 defines what a fetch returns (``Fetched``), the ``CertificateSource`` protocol, the URL policy
 (``check_info_url``), the HTTP caching rules (``parse_cache_headers``) and ``CachingSource``,
-whose clock is injected. The directory mirror and the only HTTP client live in
-``analyzer.certsource``.
+whose clock is injected. The directory mirror lives in ``analyzer.certsource`` and the only
+HTTP client in ``analyzer.certhttp``.
 
 RFC 8224 section 7.2-7.4; ATIS-1000074 / ATIS-1000080 as digested in STANDARDS.md section 6.2.
 """

@@ -1,21 +1,24 @@
-"""Tests for analyzer.certsource: mirror, HTTPS client (against a real local server), chain."""
+"""Tests for analyzer.certsource and analyzer.certhttp: mirror, HTTPS client (against a real local
+server), chain."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from analyzer.certhttp import HttpSource, address_problem
 from analyzer.certsource import (
     ChainSource,
     DirectorySource,
-    HttpSource,
     OfflineSource,
-    address_problem,
     build_source,
+    origin_source,
 )
 from shaken.errors import Reason
 from shaken.source import (
@@ -259,6 +262,32 @@ def test_build_source(mirror: Path, fetch: bool, dirs: bool, status: FetchStatus
         assert source.fetch("https://cr.example.com/sp.pem").status is status
     finally:
         source.close()
+
+
+def test_origin_source_fetch_is_http_source() -> None:
+    source = origin_source(fetch=True)
+    assert isinstance(source, HttpSource)
+    source.close()
+
+
+# The offline start path (CLI start, every Dask worker) must not pay for the HTTP client:
+# httpx imports its CLI (rich) and takes a large part of start-up.
+_IMPORT_PROBE = """
+import sys
+import analyzer.cluster, service.cmd_analyze
+from analyzer.certsource import build_source
+build_source().close()
+heavy = {"httpx", "httpcore", "rich", "sqlalchemy", "pydantic", "fastapi", "redis", "pyarrow",
+         "dask", "distributed", "analyzer.certhttp"}
+print(sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy))
+"""
+
+
+def test_offline_start_imports_no_http_client() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 # --- HttpSource against a real HTTPS server ---------------------------------------------------

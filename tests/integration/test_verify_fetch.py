@@ -23,7 +23,8 @@ from typing import Any
 import httpcore
 import pytest
 
-from analyzer.certsource import HttpSource, build_source
+from analyzer.certhttp import HttpSource
+from analyzer.certsource import build_source
 from analyzer.extract import request_from_headers, request_from_sip_bytes
 from analyzer.trustload import load_trust_store
 from service.cli import main
