@@ -38,14 +38,12 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
-
-from prometheus_client import Counter as MetricCounter
 
 from analyzer.sipanswer import VerificationRecord
 from analyzer.sipserver import (
@@ -114,9 +112,6 @@ DRAIN_TIMEOUT_S = 5.0
 # UDP peers whose answer path (`Link`) is kept between datagrams: an SBC talks from a handful
 # of addresses; past this many (a scan, spoofed sources) the table starts afresh.
 MAX_UDP_LINKS = 1024
-# Metric label sets whose counter child is kept at hand (methods, statuses, verdicts): the
-# label values are few and fixed in practice; past this many, children are looked up again.
-MAX_METRIC_CHILDREN = 256
 
 Peer = tuple[str, int]
 
@@ -236,6 +231,12 @@ class Link:
     peer: Peer
     local: Peer
     send: Callable[[bytes], None]
+    # ``transport.value``, read once: a metric label of every request (an enum's ``value``
+    # is a descriptor call each time).
+    label: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.transport.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +312,6 @@ class SipVerificationServer:
         self._tcp_servers: list[asyncio.Server] = []
         self._streams: set[_SipStream] = set()
         self._paused: set[_SipStream] = set()
-        self._counters: dict[tuple[MetricCounter, tuple[str, ...]], MetricCounter] = {}
         self._inflight = 0
         self._closing = False
         self._backlogged = False
@@ -464,7 +464,7 @@ class SipVerificationServer:
         """One datagram of the excess backlog dropped without a parse (``_poll_backlog``)."""
         self._drop_budget -= size + DATAGRAM_OVERHEAD_BYTES
         self.overload_drops += 1
-        self._count(self.metrics.dropped, Transport.UDP.value, "overload")
+        self.metrics.dropped.inc((Transport.UDP.value, "overload"))
 
     @property
     def inflight(self) -> int:
@@ -504,19 +504,9 @@ class SipVerificationServer:
             self.internal_errors += 1
             self.metrics.errors.labels("sip_handle").inc()
 
-    def _count(self, family: MetricCounter, *labels: str) -> None:
-        """``family.labels(*labels).inc()``, with the child kept at hand (bounded)."""
-        key = (family, labels)
-        child = self._counters.get(key)
-        if child is None:
-            child = family.labels(*labels)
-            if len(self._counters) < MAX_METRIC_CHILDREN:
-                self._counters[key] = child
-        child.inc()
-
     def _act(self, decision: Decision, link: Link, started: float) -> None:
         if decision.method is not None:
-            self._count(self.metrics.requests, link.transport.value, decision.method)
+            self.metrics.requests.inc((link.label, decision.method))
         action = decision.action
         if action is Action.ABSORB:
             return
@@ -525,17 +515,17 @@ class SipVerificationServer:
         elif action is Action.REPLY and decision.response is not None:
             self._send(link, decision.response, decision.status)
         elif action is Action.RETRANSMIT:
-            self.metrics.retransmissions.labels(link.transport.value).inc()
+            self.metrics.retransmissions.inc((link.label,))
             if decision.response is not None:
                 link.send(decision.response)
         elif action is Action.SHED and decision.response is not None:
             self._shed_sent(link, decision.response)
         elif action is Action.DROP and decision.drop is not None:
-            self.metrics.dropped.labels(link.transport.value, decision.drop.value).inc()
+            self.metrics.dropped.inc((link.label, decision.drop.value))
 
     def _send(self, link: Link, data: bytes, status: int | None) -> None:
         if status is not None:
-            self._count(self.metrics.responses, str(status))
+            self.metrics.responses.inc((str(status),))
         link.send(data)
 
     def _shedding(self) -> bool:
@@ -549,7 +539,7 @@ class SipVerificationServer:
 
     def _shed_sent(self, link: Link, response: bytes) -> None:
         self.shed += 1
-        self._count(self.metrics.shed, link.transport.value)
+        self.metrics.shed.inc((link.label,))
         self._send(link, response, 503)
 
     def _dispatch(
@@ -669,7 +659,7 @@ class SipVerificationServer:
             metrics.verify_latency.observe(took)
             metrics.latency.observe(time.perf_counter() - started)
             reason = result.reason
-            self._count(metrics.verifications, result.verstat.value, reason.value if reason else "")
+            metrics.verifications.inc((result.verstat.value, reason.value if reason else ""))
         except Exception:
             self.internal_errors += 1
             metrics.errors.labels("sip_complete").inc()

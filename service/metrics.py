@@ -8,11 +8,13 @@ several servers in one process never collide). Names follow the Prometheus conve
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -87,6 +89,70 @@ class _KernelDropsCollector(Collector):
         yield drops
 
 
+class CountedFamily(Collector):
+    """A labelled counter kept as plain integers and exposed at scrape time exactly as a
+    ``prometheus_client.Counter`` of the same name, labels and help would be (``_total`` and,
+    unless disabled, ``_created`` per label set, in first-counted order).
+
+    A server counts several things per request; the library counter takes a lock and checks
+    observability on every increment, which here is a dictionary update. Counting happens on
+    one thread (the event loop); a scrape from the metrics thread copies the table first.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.counts: dict[tuple[str, ...], int] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, key: tuple[str, ...]) -> None:
+        """Count one for the label values ``key`` (in ``labelnames`` order)."""
+        counts = self.counts
+        if key in counts:
+            counts[key] += 1
+        else:
+            # Created before counted: a scrape in between never sees a count without it.
+            self._created[key] = time.time()
+            counts[key] = 1
+
+    def labels(self, *values: str) -> CountedChild:
+        """The counter of one label set (``Counter.labels`` shape, for the colder paths)."""
+        if len(values) != len(self.labelnames):
+            raise ValueError("incorrect label count")
+        return CountedChild(self, tuple(str(v) for v in values))
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = self._created
+        with_created = prometheus_metrics._use_created  # the library's own switch
+        for key, count in list(self.counts.items()):
+            family.add_metric(key, float(count), created[key] if with_created else None)
+        yield family
+
+
+@dataclass(frozen=True, slots=True)
+class CountedChild:
+    """One label set of a `CountedFamily`."""
+
+    family: CountedFamily
+    key: tuple[str, ...]
+
+    def inc(self) -> None:
+        self.family.inc(self.key)
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsServer:
     """A running ``/metrics`` HTTP endpoint; ``close()`` stops it."""
@@ -112,19 +178,19 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        self.requests = CountedFamily(
             "stirscope_sip_requests",
             "SIP requests received by transport and method",
             ["transport", "method"],
             registry=r,
         )
-        self.responses = Counter(
+        self.responses = CountedFamily(
             "stirscope_sip_responses",
             "SIP responses sent by status code (retransmissions included)",
             ["status"],
             registry=r,
         )
-        self.verifications = Counter(
+        self.verifications = CountedFamily(
             "stirscope_verifications",
             "Verifications by verstat and reason code",
             ["verstat", "reason"],
@@ -142,19 +208,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.shed = Counter(
+        self.shed = CountedFamily(
             "stirscope_sip_shed",
             "INVITEs answered 503 because the verification queue was full or closing",
             ["transport"],
             registry=r,
         )
-        self.dropped = Counter(
+        self.dropped = CountedFamily(
             "stirscope_sip_dropped",
             "Messages that got no response, by reason",
             ["transport", "reason"],
             registry=r,
         )
-        self.retransmissions = Counter(
+        self.retransmissions = CountedFamily(
             "stirscope_sip_retransmissions",
             "Retransmitted requests answered from the transaction cache",
             ["transport"],
@@ -166,7 +232,7 @@ class Metrics:
         self.connections = Gauge(
             "stirscope_sip_tcp_connections", "Open SIP TCP connections", registry=r
         )
-        self.errors = Counter(
+        self.errors = CountedFamily(
             "stirscope_internal_errors",
             "Unexpected exceptions contained by a listener (a bug if non-zero)",
             ["where"],
