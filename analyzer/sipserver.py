@@ -48,7 +48,7 @@ from analyzer.sipanswer import (
 from shaken.result import VerificationResult, Verstat
 from shaken.verifier import VerificationRequest
 from sip import Request, Response, SipParseError, parse_message
-from sip.build import plain_top_via, to_is_tagged
+from sip.build import plain_top_via, response_fields, to_is_tagged
 from sip.defects import SipReason
 from sip.limits import MAX_MESSAGE_BYTES
 
@@ -90,9 +90,6 @@ KNOWN_METHODS = frozenset(
         "NOTIFY",
     }
 )
-# Headers RFC 3261 section 8.1.1 makes mandatory that a response cannot do without (Max-Forwards
-# is tolerated: it only matters to proxies).
-_REQUIRED = ("via", "from", "to", "call-id", "cseq")
 # Truncation and Content-Length problems that make a request a 400 (RFC 3261 section 18.3:
 # a datagram that ends before its body, or before the blank line ending its headers).
 _TRUNCATION_DEFECTS = frozenset(
@@ -401,10 +398,10 @@ class SipServerCore:
                 return 505, "Version Not Supported"  # section 21.5.7
             if defect.code in _TRUNCATION_DEFECTS:
                 return 400, "Bad Request"  # section 18.3: truncated or bad Content-Length
-        headers = request.headers
-        for name in _REQUIRED:
-            if name not in headers:
-                return 400, "Bad Request"  # section 8.1.1
+        # The headers a response cannot do without (Max-Forwards is tolerated: it only
+        # matters to proxies): Via, From, To, Call-ID and CSeq.
+        if not response_fields(request).complete:
+            return 400, "Bad Request"  # section 8.1.1
         cseq = request.cseq
         if cseq is None or cseq.method != request.method:
             return 400, "Bad Request"  # section 8.2.6 / 20.16: CSeq method must match
@@ -545,7 +542,7 @@ class SipServerCore:
             for value in headers.values("p-asserted-identity")
         ]
         redirected = [escaped for _, escaped in pai]
-        from_value = headers.get("from")
+        from_value = response_fields(request).from_
         if from_value is not None:
             redirected.append(self._decorate("From", without_tag(from_value), verstat)[1])
         target = request.uri_text.strip().strip("<>")

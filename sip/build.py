@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
+from sip.headers import Headers
 from sip.message import SIP_VERSION, Request, Response, serialise_message
 
 # Length of the deterministic To tag we add (RFC 3261 section 19.3 asks for at least 32 bits of
@@ -32,6 +34,53 @@ _PLAIN_VIA = re.compile(
 )
 
 
+class ResponseFields(NamedTuple):
+    """The header values a response copies from its request, as written: every Via line in
+    order, and the first From, To, Call-ID and CSeq (None when absent). RFC 3261 section
+    8.2.6.2."""
+
+    via: tuple[str, ...]
+    from_: str | None
+    to: str | None
+    call_id: str | None
+    cseq: str | None
+
+    @property
+    def complete(self) -> bool:
+        """Whether each of them is present (RFC 3261 section 8.1.1)."""
+        return bool(self.via) and None not in (self.from_, self.to, self.call_id, self.cseq)
+
+
+# Header names that `serialise_message` drops (it sets Content-Length itself), lower-cased,
+# and the names this module writes, known not to be among them.
+_LENGTH_NAMES = ("content-length", "l")
+_FIXED_NAMES = frozenset({"Via", "From", "To", "Call-ID", "CSeq"})
+# Lookup keys (`sip.headers.header_key`) of the headers a response copies.
+_COPIED_KEYS = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def response_fields(request: Request) -> ResponseFields:
+    """`ResponseFields` of ``request``, read in one pass over its headers and remembered with
+    its parsed fields: a server answering every INVITE asks for these values several times
+    per call (the transaction key, the checks, the To tag, the 100 and the final answer), and
+    each ``Headers.get`` is a scan of its own. RFC 3261 section 8.2.6.2.
+    """
+    return request._memo("response_fields", lambda: (_response_fields(request.headers), []))
+
+
+def _response_fields(headers: Headers) -> ResponseFields:
+    via: list[str] = []
+    found: dict[str, str] = {}
+    for key, value in zip(headers._keys, headers._values, strict=True):
+        if key in _COPIED_KEYS:
+            if key == "via":
+                via.append(value)
+            elif key not in found:  # the first one, as ``Headers.get`` gives
+                found[key] = value
+    get = found.get
+    return ResponseFields(tuple(via), get("from"), get("to"), get("call-id"), get("cseq"))
+
+
 def plain_top_via(request: Request) -> tuple[str | None, str] | None:
     """``(branch, sent_by)`` of the top Via (``request.via[0]``) when its value has the plain
     shape, read without the Via parse (``branch`` None when absent, ``""`` for a flag); None
@@ -44,8 +93,11 @@ def plain_top_via(request: Request) -> tuple[str | None, str] | None:
 
 
 def _plain_top_via(request: Request) -> tuple[str | None, str] | None:
-    value = request.headers.get("via")
-    if value is None or "," in value:
+    vias = response_fields(request).via
+    if not vias:
+        return None
+    value = vias[0]
+    if "," in value:
         return None
     plain = _PLAIN_VIA.fullmatch(value)
     if plain is None:
@@ -80,7 +132,7 @@ def plain_tag(value: str) -> tuple[bool, str | None]:
 
 def _from_tag(request: Request) -> str | None:
     """``request.from_.tag if request.from_ else ""``, without parsing a plain From."""
-    value = request.headers.get("from")
+    value = response_fields(request).from_
     if value is not None:
         plain, tag = plain_tag(value)
         if plain:
@@ -96,7 +148,7 @@ def to_is_tagged(request: Request) -> bool | None:
 
 
 def _to_is_tagged(request: Request) -> bool | None:
-    value = request.headers.get("to")
+    value = response_fields(request).to
     if value is not None:
         plain, tag = plain_tag(value)
         if plain:
@@ -117,28 +169,27 @@ def derive_to_tag(request: Request) -> str:
         branch: str | None = top[0]
     else:
         branch = request.via[0].branch if request.via else ""
-    seed = f"{request.call_id}\x00{from_tag}\x00{branch}".encode("utf-8", "surrogateescape")
+    call_id = response_fields(request).call_id  # ``request.call_id``
+    seed = f"{call_id}\x00{from_tag}\x00{branch}".encode("utf-8", "surrogateescape")
     return hashlib.sha256(seed).hexdigest()[:_TAG_HEX_DIGITS]
 
 
 def _response_headers(
     request: Request, status: int, extra_headers: Sequence[tuple[str, str]], to_tag: str | None
 ) -> list[tuple[str, str]]:
-    headers: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_all("via")]
-    from_value = request.headers.get("from")
-    to_value = request.headers.get("to")
-    if from_value is not None:
-        headers.append(("From", from_value))
+    fields = response_fields(request)
+    headers: list[tuple[str, str]] = [("Via", v) for v in fields.via]
+    if fields.from_ is not None:
+        headers.append(("From", fields.from_))
+    to_value = fields.to
     if to_value is not None:
         if status != 100 and to_is_tagged(request) is False:
             to_value = f"{to_value};tag={to_tag or derive_to_tag(request)}"
         headers.append(("To", to_value))
-    call_id = request.headers.get("call-id")
-    if call_id is not None:
-        headers.append(("Call-ID", call_id))
-    cseq = request.headers.get("cseq")
-    if cseq is not None:
-        headers.append(("CSeq", cseq))
+    if fields.call_id is not None:
+        headers.append(("Call-ID", fields.call_id))
+    if fields.cseq is not None:
+        headers.append(("CSeq", fields.cseq))
     headers.extend(extra_headers)
     return headers
 
@@ -177,4 +228,22 @@ def response_bytes(
     if not 100 <= status <= 699:
         raise ValueError(f"status code out of range: {status}")
     headers = _response_headers(request, status, extra_headers, to_tag)
-    return serialise_message(f"{SIP_VERSION} {status} {reason}", headers, body)
+    return _serialise(f"{SIP_VERSION} {status} {reason}", headers, body)
+
+
+def _serialise(start_line: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+    """``serialise_message(start_line, headers, body)``, checked once over the whole head
+    instead of per header: the lines are joined with CRLF, so the head holds exactly one CR
+    and one LF per joint unless a line carries one of its own; then (a ``ValueError``, or a
+    start line of the caller's making) ``serialise_message`` itself decides. RFC 3261
+    section 7 and section 20.14."""
+    lines = [start_line]
+    for name, value in headers:
+        if name in _FIXED_NAMES or name.lower() not in _LENGTH_NAMES:
+            lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {len(body)}")
+    head = "\r\n".join(lines)
+    joints = len(lines) - 1
+    if head.count("\n") != joints or head.count("\r") != joints:
+        return serialise_message(start_line, headers, body)
+    return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
