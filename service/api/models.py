@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from analyzer.atis import MAX_DESTINATIONS, MAX_IDENTITIES, AtisIdentity
+from analyzer.atis import MAX_DESTINATIONS, MAX_IDENTITIES, MAX_NUMERIC_DATE, AtisIdentity
 from shaken.errors import phrase_for
 from shaken.result import PassportResult, VerificationResult
 
@@ -32,7 +32,7 @@ Tn = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TN_CHARS)]
 UriText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 IdentityValue = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IDENTITY_CHARS)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
-NumericDate = Annotated[int, Field(ge=0, le=253_402_300_799)]
+NumericDate = Annotated[int, Field(ge=0, le=MAX_NUMERIC_DATE)]
 
 
 class Flavour(StrEnum):
@@ -137,6 +137,70 @@ class GppVerificationRequest(_Strict):
     def identities(self) -> list[str]:
         found = [self.identityHeader] if self.identityHeader is not None else []
         return found + list(self.identityHeaders or ())
+
+
+# -- the common ATIS request without the model ----------------------------------------------------
+#
+# Validating ``AtisVerificationRequest`` (the model built, then mapped by ``to_core``) costs
+# about as much as the rest of the request's mapping. ``plain_atis_request`` takes the shape
+# nearly every client sends, with the model's own bounds, and gives what the model's mapping
+# gives; anything else returns None and goes to the model, so every error is the model's:
+# other types (``bool`` is not an ``int`` here either), a value out of bounds, text that is not
+# ASCII (the model rejects lone surrogates, and counts length in code points: not worth a
+# second path), the ``from_`` spelling of ``from`` (the model accepts it by name).
+# tests/service/test_api_plain_request.py checks it against the model.
+
+
+def _plain_strings(value: object, limit: int) -> tuple[str, ...] | None:
+    """``value`` as ``Tn | list[Tn]`` (``UriText`` with ``MAX_URI_CHARS``) maps it, or None."""
+    if type(value) is str:
+        return (value,) if 0 < len(value) <= limit and value.isascii() else None
+    if type(value) is not list or not 0 < len(value) <= MAX_DESTINATIONS:
+        return None
+    for item in value:
+        if type(item) is not str or not 0 < len(item) <= limit or not item.isascii():
+            return None
+    return tuple(value)
+
+
+def _plain_identity(value: object) -> AtisIdentity | None:
+    """``Identity.model_validate(value).to_core()`` for the plain shapes, or None."""
+    if type(value) is not dict:
+        return None
+    tn = value.get("tn")
+    uri = value.get("uri")
+    if (tn is None) == (uri is None):
+        return None
+    if uri is None:
+        tns = _plain_strings(tn, MAX_TN_CHARS)
+        return None if tns is None else AtisIdentity(tn=tns)
+    uris = _plain_strings(uri, MAX_URI_CHARS)
+    return None if uris is None else AtisIdentity(uri=uris)
+
+
+def plain_atis_request(
+    inner: dict[str, Any],
+) -> tuple[AtisIdentity, AtisIdentity, int | None, str] | None:
+    """``from``, ``to`` (as ``to_core`` maps them), ``time`` and ``identity`` of an ATIS
+    ``verificationRequest`` in the plain shape, as ``AtisVerificationRequest`` validates
+    them; None for any other request (see above). STANDARDS.md section 8.3."""
+    identity = inner.get("identity")
+    time = inner.get("time")
+    if (
+        type(identity) is not str
+        or not 0 < len(identity) <= MAX_IDENTITY_CHARS
+        or not identity.isascii()
+        or (time is not None and (type(time) is not int or not 0 <= time <= MAX_NUMERIC_DATE))
+        or "from_" in inner
+    ):
+        return None
+    orig = _plain_identity(inner.get("from"))
+    if orig is None:
+        return None
+    to = _plain_identity(inner.get("to"))
+    if to is None:
+        return None
+    return orig, to, time, identity
 
 
 class AtisVerificationBody(_Strict):
