@@ -14,6 +14,7 @@ system call per request). The id only correlates log lines and responses; it is 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -102,6 +103,8 @@ class ApiMetrics:
         self.registry.register(self._jobs)
         # Labelled children by (metric name, label values); see the module docstring.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        # The request counter's and latency histogram's children by (method, route, status).
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _child(self, metric: Counter | Histogram, name: str, *values: str) -> Any:
         key = (name, values)
@@ -112,8 +115,18 @@ class ApiMetrics:
 
     def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered: counter by method/route/status, latency by route."""
-        self._child(self.requests, "requests", method, route, str(status)).inc()
-        self._child(self.latency, "latency", route).observe(seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children.setdefault(
+                key,
+                (
+                    self._child(self.requests, "requests", method, route, str(status)),
+                    self._child(self.latency, "latency", route),
+                ),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def count_verification(self, verstat: str, reason: str, seconds: float) -> None:
         """One verification: counter by verstat/reason, time spent in the verifier."""
@@ -238,16 +251,20 @@ class Observer:
         method = scope.get("method", "")
         self.metrics.count_request(method, template, status, elapsed)
         if self.access and access_log.isEnabledFor(logging.INFO):
+            path = scope.get("path", "")
+            duration_ms = round(elapsed * 1000, 3)
+            handler = _plain_json_handler()
+            if handler is not None and _write_access_line(
+                handler, request_id, method, path, status, duration_ms
+            ):
+                return
             fields = {
                 "request_id": request_id,
                 "method": method,
-                "path": scope.get("path", ""),
+                "path": path,
                 "status": status,
-                "duration_ms": round(elapsed * 1000, 3),
+                "duration_ms": duration_ms,
             }
-            handler = _plain_json_handler()
-            if handler is not None and _write_access_line(handler, fields):
-                return
             # ``access_log.info`` without its search of the stack for the caller's file and
             # line (a sixth of the line's cost; no log format shows them).
             record = access_log.makeRecord(
@@ -285,14 +302,95 @@ def _plain_json_handler() -> logging.StreamHandler[Any] | None:
     return handler
 
 
-def _write_access_line(handler: logging.StreamHandler[Any], fields: Mapping[str, object]) -> bool:
+# How ``JsonFormatter`` (``json.JSONEncoder(ensure_ascii=False)``, default separators) writes
+# an access record, spelled out: the encoder's generic walk of the record's dict, and the dict,
+# cost more than the rest of the line. Checked against ``JsonFormatter.access_line`` before it
+# is used for a formatter's lines (``_checked``), so a change of that format is followed.
+_LINE_STRING: Callable[[str], str] = json.encoder.encode_basestring
+_LINE_START = f"{{{_LINE_STRING('time')}: "
+_LINE_MIDDLE = (
+    f", {_LINE_STRING('level')}: {_LINE_STRING('info')}"
+    f", {_LINE_STRING('logger')}: {_LINE_STRING(access_log.name)}"
+    f", {_LINE_STRING('message')}: {_LINE_STRING(ACCESS_MESSAGE)}"
+    f", {_LINE_STRING('request_id')}: "
+)
+_LINE_METHOD = f", {_LINE_STRING('method')}: "
+_LINE_PATH = f", {_LINE_STRING('path')}: "
+_LINE_STATUS = f", {_LINE_STRING('status')}: "
+_LINE_DURATION = f", {_LINE_STRING('duration_ms')}: "
+
+
+class _Checked:
+    """The last formatter the spelled-out line was checked against, and whether it matched."""
+
+    __slots__ = ("formatter", "matches")
+
+    def __init__(self) -> None:
+        self.formatter: JsonFormatter | None = None
+        self.matches = False
+
+
+_checked = _Checked()
+
+
+def _access_text(
+    formatter: JsonFormatter,
+    created: float,
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+) -> str:
+    """``formatter.access_line(created, access_log.name, ACCESS_MESSAGE, fields)`` for the
+    fields ``Observer.finish`` logs; spelled out when that gives the same text (above)."""
+    checked = _checked.formatter is formatter
+    if (
+        (not checked or _checked.matches)
+        and type(request_id) is str
+        and type(method) is str
+        and type(path) is str
+        and type(status) is int
+        and type(duration_ms) is float
+    ):
+        text = (
+            f"{_LINE_START}{_LINE_STRING(formatter.iso_time(created))}"
+            f"{_LINE_MIDDLE}{_LINE_STRING(request_id)}{_LINE_METHOD}{_LINE_STRING(method)}"
+            f"{_LINE_PATH}{_LINE_STRING(path)}{_LINE_STATUS}{int.__repr__(status)}"
+            f"{_LINE_DURATION}{float.__repr__(duration_ms)}}}"
+        )
+        if checked:
+            return text
+    else:
+        text = None
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+    }
+    line = formatter.access_line(created, access_log.name, ACCESS_MESSAGE, fields)
+    if not checked and text is not None:
+        _checked.formatter, _checked.matches = formatter, text == line
+    return line
+
+
+def _write_access_line(
+    handler: logging.StreamHandler[Any],
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+) -> bool:
     """The access line written as the handler would write its record (same bytes,
     ``JsonFormatter.access_line``), without the logging module's per-record work (the
     ``LogRecord``, the logger and handler walk: most of a line's cost). False, nothing
     written, when that fails: the record then goes the ordinary way (which reports errors)."""
     formatter = cast(JsonFormatter, handler.formatter)
     try:
-        line = formatter.access_line(time.time(), access_log.name, ACCESS_MESSAGE, fields)
+        line = _access_text(formatter, time.time(), request_id, method, path, status, duration_ms)
         handler.acquire()
         try:
             handler.stream.write(line + handler.terminator)

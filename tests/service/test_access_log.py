@@ -15,7 +15,7 @@ import pytest
 
 from service.api import metrics
 from service.api.metrics import ApiMetrics, Observer
-from service.config import LogFormat, logging_config
+from service.config import JsonFormatter, LogFormat, logging_config
 
 SCOPE = {"method": "POST", "path": "/stir/v1/verification", "headers": []}
 NOW = 1_768_478_400.123456
@@ -83,3 +83,50 @@ def test_other_setups_take_the_logging_path(stream: io.StringIO) -> None:
     finally:
         logging.getLogger("stirscope").removeHandler(extra)
     assert metrics._plain_json_handler() is not None
+
+
+@pytest.mark.parametrize(
+    ("request_id", "path", "status", "elapsed"),
+    [
+        ("abc", "/stir/v1/verification", 200, 0.0012345),
+        ('caf\u00e9 "q" \\ \u2028', "/a b/\u00e9", 503, 12.5),
+        ("x" * 128, "", 400, 0.0),
+        ("id", "/stir/v1/verification", 200, 1e-9),
+    ],
+)
+def test_spelled_out_line_is_the_formatter_line(
+    stream: io.StringIO, request_id: str, path: str, status: int, elapsed: float
+) -> None:
+    _configure(LogFormat.JSON, stream)
+    handler = metrics._plain_json_handler()
+    assert handler is not None
+    formatter = handler.formatter
+    assert isinstance(formatter, JsonFormatter)
+    duration = round(elapsed * 1000, 3)
+    fields = {
+        "request_id": request_id,
+        "method": "POST",
+        "path": path,
+        "status": status,
+        "duration_ms": duration,
+    }
+    expected = formatter.access_line(NOW, "stirscope.access", "request", fields)
+    args = (formatter, NOW, request_id, "POST", path, status, duration)
+    assert metrics._access_text(*args) == expected  # checked against the formatter
+    assert metrics._checked.formatter is formatter
+    assert metrics._checked.matches
+    assert metrics._access_text(*args) == expected  # spelled out
+
+
+def test_a_changed_format_is_followed(stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    _configure(LogFormat.JSON, stream)
+    handler = metrics._plain_json_handler()
+    assert handler is not None
+    formatter = handler.formatter
+    assert isinstance(formatter, JsonFormatter)
+    monkeypatch.setattr(formatter, "access_line", lambda *args: "another format")
+    args = (formatter, NOW, "abc", "POST", "/p", 200, 1.5)
+    assert metrics._access_text(*args) == "another format"
+    assert metrics._checked.formatter is formatter
+    assert not metrics._checked.matches
+    assert metrics._access_text(*args) == "another format"

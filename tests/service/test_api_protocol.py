@@ -107,12 +107,18 @@ def _responses(stream: bytes) -> list[tuple[bytes, bytes]]:
 
 
 async def _drive(
-    app: FastAPI, http: type[HttpToolsProtocol] | str, chunks: Sequence[bytes], answers: int
+    app: FastAPI,
+    http: type[HttpToolsProtocol] | str,
+    chunks: Sequence[bytes],
+    answers: int,
+    default_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> RecordingTransport:
     config = Config(app=app, http=http, lifespan="off", log_config=None, server_header=False)
     config.load()
+    state = ServerState()
+    state.default_headers = list(default_headers)
     protocol = config.http_protocol_class(  # type: ignore[call-arg]
-        config=config, server_state=ServerState(), app_state={}
+        config=config, server_state=state, app_state={}
     )
     transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
@@ -183,6 +189,36 @@ def test_same_bytes_as_uvicorn(
         outputs.append((_responses(transport.output), transport.closed))
     assert outputs[0] == outputs[1]
     assert len([h for h, _ in outputs[0][0] if b" 100 " not in h]) == answers
+
+
+# uvicorn's default headers (the server's Date and Server, ``--header`` ones): written as
+# ``send`` writes them, or left to ``send`` when it interprets or rejects one.
+DEFAULT_HEADERS = [
+    [(b"date", b"Sun, 29 Nov 2026 10:00:00 GMT"), (b"server", b"uvicorn")],
+    [(b"X-Deployment", b"blue")],
+    [(b"connection", b"close")],
+]
+
+
+@pytest.mark.parametrize("default_headers", DEFAULT_HEADERS, ids=["date", "case", "close"])
+def test_same_bytes_with_default_headers(
+    tmp_path: Path, default_headers: list[tuple[bytes, bytes]]
+) -> None:
+    chunks = [_request(_json(atis_body(fixture_call(CALLS[0])))) * 2]
+    outputs: list[object] = []
+    for http in ("httptools", StirHttpProtocol):
+        app = create_app(make_config(tmp_path))
+
+        async def run(app: FastAPI = app, http: Any = http) -> RecordingTransport:
+            async with app.router.lifespan_context(app):
+                await _drive(app, http, [WARM_UP], 1, default_headers)
+                return await _drive(app, http, chunks, 2, default_headers)
+
+        transport = asyncio.run(run())
+        outputs.append((transport.output.count(b"HTTP/1.1 200 OK"), transport.closed))
+        outputs.append(_responses(transport.output))
+    assert outputs[0] == outputs[2]
+    assert outputs[1] == outputs[3]
 
 
 def test_warm_verifications_are_answered_inline_in_one_write(tmp_path: Path) -> None:
