@@ -5,9 +5,14 @@
    ``verification_input``, ``verification_json`` of ``service.api.stir``), still in-process:
    what the HTTP layer adds before any socket is involved;
 3. ``stirscope serve`` on 127.0.0.1 with 1 and 2 worker processes, driven by a keep-alive
-   HTTP/1.1 load generator on loopback (asyncio, raw sockets: a pure-Python client such as
-   httpx would be the bottleneck here), CONCURRENCY connections opened STAGGER_S apart, warm
-   cache: requests/s and p50/p99 latency.
+   HTTP/1.1 load generator on loopback, CONCURRENCY connections, warm cache: requests/s and
+   p50/p99 latency. The generator is ``wrk`` (C, Debian's package ``wrk``) where installed,
+   with a Lua script that counts every response that is not a 200 with a passing verdict;
+   otherwise our own (asyncio, raw sockets, connections opened STAGGER_S apart: a pure-Python
+   client such as httpx would be the bottleneck here). The generator shares the machine's two
+   cores with the server, and a busy second vCPU slows the first (measured: ECDSA verify 0.78x
+   with the other vCPU verifying too), so the lighter the generator, the less it takes from
+   the server. ``BENCH_GENERATOR=python`` forces ours.
 
 The token is signed at start with the fixture key and the server runs with a wide freshness
 window, so every request is a full, passing verification against the server clock. The load
@@ -27,6 +32,8 @@ import asyncio
 import json
 import math
 import os
+import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -69,6 +76,31 @@ MEASURE_S = 2.0 if QUICK else 5.0
 IN_PROCESS_N = 2000 if QUICK else 5000
 # Verifications of the in-process rate measured before and after each HTTP run (~0.3 s).
 PROBE_N = 2000
+# The load generator: wrk where installed (unless BENCH_GENERATOR=python), else ours.
+WRK = None if os.environ.get("BENCH_GENERATOR") == "python" else shutil.which("wrk")
+# wrk's script: the request, a check of every response, and one summary line at the end
+# (latencies in microseconds; a thread's counter is read through thread:get).
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json"
+wrk.headers["Authorization"] = %(authorization)s
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) failures = 0 end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, "TN-Validation-Passed", 1, true) then
+    failures = failures + 1
+  end
+end
+function done(summary, latency, requests)
+  local failed = 0
+  for _, thread in ipairs(threads) do failed = failed + thread:get("failures") end
+  io.write(string.format("STIRSCOPE %%d %%d %%d %%d %%d\\n", summary.requests,
+    summary.duration, failed, latency:percentile(50), latency:percentile(99)))
+end
+"""
 # Freshness wide enough for the whole run (the token is signed once, at start).
 FRESHNESS_S = 3600
 
@@ -261,6 +293,37 @@ def _measure(pid: int, port: int, request: bytes) -> HttpRun:
     return HttpRun(rate, p50, p99, server / served * 1e6, client / served * 1e6)
 
 
+def _wrk(wrk: str, port: int, script: Path, seconds: float) -> tuple[int, float, int, float, float]:
+    """One wrk run: requests, seconds, failed responses, p50 and p99 (ms)."""
+    argv = [wrk, "-t1", f"-c{CONCURRENCY}", f"-d{seconds:g}s", "-s", str(script)]
+    done = subprocess.run(
+        [*argv, f"http://127.0.0.1:{port}/stir/v1/verification"],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    )  # fmt: skip
+    line = next(row for row in done.stdout.splitlines() if row.startswith("STIRSCOPE "))
+    requests, micros, failed, p50, p99 = map(int, line.split()[1:])
+    return requests, micros / 1e6, failed, p50 / 1000, p99 / 1000
+
+
+def _measure_wrk(wrk: str, pid: int, port: int, body: bytes, tmp: Path) -> HttpRun:
+    script = tmp / "load.lua"
+    script.write_text(WRK_SCRIPT % {
+        "body": json.dumps(body.decode()),
+        "authorization": json.dumps(f"Bearer {API_KEY}"),
+    })  # fmt: skip
+    _wrk(wrk, port, script, WARMUP_S)
+    server_before = _cpu_seconds(pid)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_before = usage.ru_utime + usage.ru_stime
+    served, seconds, failed, p50, p99 = _wrk(wrk, port, script, MEASURE_S)
+    server = _cpu_seconds(pid) - server_before
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = usage.ru_utime + usage.ru_stime - client_before
+    if failed or not served:
+        raise RuntimeError(f"wrk: {failed} of {served} responses were not a passing verdict")
+    return HttpRun(served / seconds, p50, p99, server / served * 1e6, client / served * 1e6)
+
+
 def over_http(
     identity: str, now: int, workers: int, extra: list[str], local: InProcess
 ) -> tuple[HttpRun, float]:
@@ -282,7 +345,10 @@ def over_http(
             ratios: list[float] = []
             for _ in range(REPEATS):
                 before = local.core(PROBE_N)
-                run = _measure(process.pid, port, request)
+                if WRK is not None:
+                    run = _measure_wrk(WRK, process.pid, port, body, Path(tmp))
+                else:
+                    run = _measure(process.pid, port, request)
                 after = local.core(PROBE_N)
                 runs.append(run)
                 ratios.append(run.rate / ((before + after) / 2))
@@ -315,7 +381,7 @@ def main() -> int:
         for name, workers, extra in runs:
             run, ratio = over_http(identity, now, workers, extra, local)
             results[name] = (run, ratio)
-            label = f"{name} (HTTP, {CONCURRENCY} conns)"
+            label = f"{name} ({'wrk' if WRK else 'asyncio gen'}, {CONCURRENCY} conns)"
             print(
                 f"{label:52} {run.rate:8.0f} {run.p50_ms:7.2f} {run.p99_ms:7.2f}"
                 f" {ratio:8.2f} {run.server_us:7.0f} {run.client_us:7.0f}"
