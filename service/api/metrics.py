@@ -258,13 +258,7 @@ class Observer:
                 handler, request_id, method, path, status, duration_ms
             ):
                 return
-            fields = {
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-            }
+            fields = _access_fields(request_id, method, path, status, duration_ms)
             # ``access_log.info`` without its search of the stack for the caller's file and
             # line (a sixth of the line's cost; no log format shows them).
             record = access_log.makeRecord(
@@ -363,17 +357,24 @@ def _access_text(
             return text
     else:
         text = None
-    fields = {
+    fields = _access_fields(request_id, method, path, status, duration_ms)
+    line = formatter.access_line(created, access_log.name, ACCESS_MESSAGE, fields)
+    if not checked and text is not None:
+        _checked.formatter, _checked.matches = formatter, text == line
+    return line
+
+
+def _access_fields(
+    request_id: str, method: str, path: str, status: int, duration_ms: float
+) -> dict[str, object]:
+    """The access line's fields, as the log record's ``extra`` carries them."""
+    return {
         "request_id": request_id,
         "method": method,
         "path": path,
         "status": status,
         "duration_ms": duration_ms,
     }
-    line = formatter.access_line(created, access_log.name, ACCESS_MESSAGE, fields)
-    if not checked and text is not None:
-        _checked.formatter, _checked.matches = formatter, text == line
-    return line
 
 
 def _write_access_line(
