@@ -51,10 +51,6 @@ class ResponseFields(NamedTuple):
         return bool(self.via) and None not in (self.from_, self.to, self.call_id, self.cseq)
 
 
-# Header names that `serialise_message` drops (it sets Content-Length itself), lower-cased,
-# and the names this module writes, known not to be among them.
-_LENGTH_NAMES = ("content-length", "l")
-_FIXED_NAMES = frozenset({"Via", "From", "To", "Call-ID", "CSeq"})
 # Lookup keys (`sip.headers.header_key`) of the headers a response copies.
 _COPIED_KEYS = frozenset({"via", "from", "to", "call-id", "cseq"})
 
@@ -228,22 +224,4 @@ def response_bytes(
     if not 100 <= status <= 699:
         raise ValueError(f"status code out of range: {status}")
     headers = _response_headers(request, status, extra_headers, to_tag)
-    return _serialise(f"{SIP_VERSION} {status} {reason}", headers, body)
-
-
-def _serialise(start_line: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
-    """``serialise_message(start_line, headers, body)``, checked once over the whole head
-    instead of per header: the lines are joined with CRLF, so the head holds exactly one CR
-    and one LF per joint unless a line carries one of its own; then (a ``ValueError``, or a
-    start line of the caller's making) ``serialise_message`` itself decides. RFC 3261
-    section 7 and section 20.14."""
-    lines = [start_line]
-    for name, value in headers:
-        if name in _FIXED_NAMES or name.lower() not in _LENGTH_NAMES:
-            lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {len(body)}")
-    head = "\r\n".join(lines)
-    joints = len(lines) - 1
-    if head.count("\n") != joints or head.count("\r") != joints:
-        return serialise_message(start_line, headers, body)
-    return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    return serialise_message(f"{SIP_VERSION} {status} {reason}", headers, body)

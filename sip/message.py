@@ -413,19 +413,32 @@ class Response(_MessageView):
 Message = Request | Response
 
 
+# Header names (lower case) ``serialise_message`` drops: it sets Content-Length itself.
+_LENGTH_NAMES = ("content-length", "l")
+
+
 def serialise_message(start_line: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
     """Start line, headers (Content-Length set from ``body``) and body as wire bytes; a line
-    break inside a header is a ``ValueError``. RFC 3261 section 7 and section 20.14."""
+    break inside a header is a ``ValueError``. RFC 3261 section 7 and section 20.14.
+
+    The head is checked for line breaks once, not per header: its lines are joined with CRLF,
+    so it holds exactly one CR and one LF per joint unless a line carries one of its own; only
+    then are the headers looked at one by one (a break in the start line, the caller's own
+    text, is written as given)."""
     lines = [start_line]
     for name, value in headers:
-        if name.lower() in ("content-length", "l"):
-            continue
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"line break in header {name!r}")
-        lines.append(f"{name}: {value}")
+        if name.lower() not in _LENGTH_NAMES:
+            lines.append(f"{name}: {value}")
     lines.append(f"Content-Length: {len(body)}")
-    head = "\r\n".join(lines) + "\r\n\r\n"
-    return head.encode("utf-8", "surrogateescape") + body
+    head = "\r\n".join(lines)
+    joints = len(lines) - 1
+    if head.count("\n") != joints or head.count("\r") != joints:
+        for name, value in headers:
+            if name.lower() in _LENGTH_NAMES:
+                continue
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"line break in header {name!r}")
+    return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
 
 
 def with_defects(message: Message, extra: Sequence[Defect]) -> Message:
