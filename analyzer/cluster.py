@@ -453,10 +453,7 @@ class PartitionedJob(AnalyzeJob):
         specs, order = ready.specs, ready.order
         submitted: list[Any] = []
         try:
-            wanted = {
-                client.submit(partition_keys, ready.futures[index], pure=False): index
-                for index in order
-            }
+            wanted = {ready.keys[index]: index for index in order}
             submitted += wanted
             found: dict[int, PartKeys] = {}
             for done in _distributed().as_completed(list(wanted)):
@@ -498,7 +495,7 @@ class PartitionedJob(AnalyzeJob):
             client.cancel(submitted)
             return f"a worker could not track its partition: {exc}"
         for index in order:
-            ready.futures[index] = None  # released once tracked
+            ready.futures[index] = ready.keys[index] = None  # released once tracked
         return tracked
 
     def _unwrite(self, parts: list[PartFile]) -> None:
@@ -651,6 +648,9 @@ class PartitionedJob(AnalyzeJob):
             client.submit(summary_of, future, pure=False): index
             for index, future in enumerate(futures)
         }
+        # Phase one's keys right behind each scan, on the worker that holds it: the last scan
+        # is followed by its keys at once, not by a round trip through this process first.
+        keys = [client.submit(partition_keys, future, pure=False) for future in futures]
         found: dict[int, ScanSummary] = {}
         reason: str | None = None
         try:
@@ -667,9 +667,9 @@ class PartitionedJob(AnalyzeJob):
         if reason is None:
             order, reason = order_partitions(specs, summaries)
         if reason is not None:
-            client.cancel([*futures, *pending])
+            client.cancel([*futures, *pending, *keys])
             return reason
-        return _Scanned(specs, futures, summaries, order)
+        return _Scanned(specs, futures, summaries, order, keys)
 
 
 @dataclass(slots=True)
@@ -681,6 +681,7 @@ class _Scanned:
     futures: list[Any]
     summaries: list[ScanSummary]
     order: list[int]
+    keys: list[Any]  # each partition's ``partition_keys`` (pickled), submitted with its scan
 
 
 class _Tracked:
