@@ -143,7 +143,10 @@ def without_tag(value: str) -> str:
     (the redirected request gets a tag of its own; RFC 3261 section 8.1.1.3 and 20.10)."""
     gt = value.rfind(">")
     if value.lstrip().startswith(("<", '"')) or ("<" in value and gt > 0):
-        return value[: gt + 1] + _TAG_PARAM.sub("", value[gt + 1 :])
+        params = value[gt + 1 :]
+        if params.startswith(";tag=") and ";" not in params[5:]:
+            return value[: gt + 1]  # the tag alone (the common From): all the regex removes
+        return value[: gt + 1] + _TAG_PARAM.sub("", params)
     uri, _, params = value.strip().partition(";")  # addr-spec: every ';' param is a header param
     rest = _TAG_PARAM.sub("", f";{params}") if params else ""
     return f"<{uri}>{rest}"

@@ -48,7 +48,7 @@ from analyzer.sipanswer import (
 from shaken.result import VerificationResult, Verstat
 from shaken.verifier import VerificationRequest
 from sip import Request, Response, SipParseError, parse_message
-from sip.build import plain_top_via, response_fields, to_is_tagged
+from sip.build import ResponseFields, plain_top_via, response_fields, to_is_tagged
 from sip.defects import SipReason
 from sip.limits import MAX_MESSAGE_BYTES
 
@@ -106,6 +106,9 @@ _TRUNCATION_DEFECTS = frozenset(
 _ACK_PREFIX = b"ACK "
 _ACK_VERSION = b" SIP/2.0"
 _MAX_ACK_LINE = 8 * 1024
+# What a CRLF keep-alive datagram is made of (RFC 5626 section 3.5.1 style), and its bytes.
+_BLANK = b"\r\n\t \x00"
+_BLANK_BYTES = frozenset(_BLANK)
 _INFO_URL = re.compile(r";\s*info\s*=\s*<([^>]*)>", re.IGNORECASE)
 _URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 # A Request-URI opening with one of those schemes: ``Request.uri`` can only give that scheme
@@ -259,7 +262,9 @@ class SipServerCore:
             # answer, or matches nothing): parsing it would be work for nothing. It is every
             # other datagram a busy server receives.
             return self._absorb("ACK")
-        if not data.strip(b"\r\n\t \x00"):
+        if (not data or data[0] in _BLANK_BYTES) and not data.strip(_BLANK):
+            # Only a datagram opening with a blank can be all blanks: the others are not
+            # copied by ``strip`` to find out.
             return self._dropped(DropReason.KEEPALIVE)
         try:
             message = parse_message(data)
@@ -318,7 +323,9 @@ class SipServerCore:
             message = parse_message(data[: end + 4])
         except SipParseError:
             return self._dropped(DropReason.TOO_LARGE)
-        if not isinstance(message, Request) or not self._answerable(message):
+        if not isinstance(message, Request) or not self._answerable(
+            message, _cseq_method(response_fields(message).cseq)
+        ):
             return self._dropped(DropReason.TOO_LARGE)
         if message.method == "ACK":
             return self._absorb("ACK")
@@ -326,11 +333,12 @@ class SipServerCore:
         return self._reply(message, 513, "Message Too Large")
 
     @staticmethod
-    def _answerable(request: Request) -> bool:
-        """A response needs the top Via (to be routed and matched) and CSeq (RFC 3261 8.2.6).
-        A plain top Via is known to parse without parsing it (`plain_top_via`)."""
+    def _answerable(request: Request, cseq_method: str | None) -> bool:
+        """A response needs the top Via (to be routed and matched) and CSeq (RFC 3261 8.2.6);
+        ``cseq_method`` is `_cseq_method` of its CSeq. A plain top Via is known to parse
+        without parsing it (`plain_top_via`)."""
         has_via = plain_top_via(request) is not None or bool(request.via)
-        return has_via and request.cseq is not None
+        return has_via and cseq_method is not None
 
     @staticmethod
     def _key(request: Request, method: str) -> tuple[str, str, str]:
@@ -352,7 +360,9 @@ class SipServerCore:
     def _request(self, request: Request, at: datetime, shed: bool = False) -> Decision:
         method = request.method
         self.stats.requests[method] += 1
-        if not self._answerable(request):
+        fields = response_fields(request)
+        cseq = _cseq_method(fields.cseq)
+        if not self._answerable(request, cseq):
             return self._dropped(DropReason.UNANSWERABLE, method)
         if method == "ACK":
             # Absorbed: it confirms our non-2xx answer (RFC 3261 section 17.2.1) or matches
@@ -364,7 +374,7 @@ class SipServerCore:
         if known is not None:
             self.stats.retransmissions += 1
             return Decision(Action.RETRANSMIT, known.response, None, method)
-        bad = self._malformed(request)
+        bad = self._malformed(request, fields, cseq)
         if bad is not None:
             return self._remember(key, at, self._reply(request, *bad))
         if method == "CANCEL":
@@ -391,8 +401,11 @@ class SipServerCore:
             return self._remember(key, at, self._reply(request, 405, "Method Not Allowed", allow))
         return self._remember(key, at, self._reply(request, 501, "Not Implemented"))
 
-    def _malformed(self, request: Request) -> tuple[int, str] | None:
-        """A status for a request that parsed but cannot be served (RFC 3261 section 8.2)."""
+    def _malformed(
+        self, request: Request, fields: ResponseFields, cseq: str | None
+    ) -> tuple[int, str] | None:
+        """A status for a request that parsed but cannot be served (RFC 3261 section 8.2);
+        ``fields`` are `response_fields` of ``request``, ``cseq`` is `_cseq_method` of them."""
         for defect in request.parse_defects:
             if defect.code is SipReason.UNSUPPORTED_VERSION:
                 return 505, "Version Not Supported"  # section 21.5.7
@@ -400,10 +413,9 @@ class SipServerCore:
                 return 400, "Bad Request"  # section 18.3: truncated or bad Content-Length
         # The headers a response cannot do without (Max-Forwards is tolerated: it only
         # matters to proxies): Via, From, To, Call-ID and CSeq.
-        if not response_fields(request).complete:
+        if not fields.complete:
             return 400, "Bad Request"  # section 8.1.1
-        cseq = request.cseq
-        if cseq is None or cseq.method != request.method:
+        if cseq is None or cseq != request.method:
             return 400, "Bad Request"  # section 8.2.6 / 20.16: CSeq method must match
         if request.method not in ("ACK", "CANCEL") and not _URI_SCHEME_PREFIX.match(
             request.uri_text
@@ -461,9 +473,13 @@ class SipServerCore:
     # -- INVITE ----------------------------------------------------------------------------
 
     def _invite(self, request: Request, key: tuple[str, str, str], at: datetime) -> Decision:
-        urls = (m.group(1).strip() for v in request.identity_values for m in _INFO_URL.finditer(v))
-        x5u = tuple(dict.fromkeys(urls))
-        cold = any(url not in self._known_x5u for url in x5u)
+        x5u = tuple(dict.fromkeys(_info_urls(request)))
+        known = self._known_x5u
+        cold = False
+        for url in x5u:  # a loop, not ``any`` over a generator: there is mostly one
+            if url not in known:
+                cold = True
+                break
         job = VerificationJob(key, request, at, x5u, cold)
         entry = _Transaction(_now(at) + self.transaction_ttl_s)
         trying = None
@@ -500,14 +516,14 @@ class SipServerCore:
             status, data = 487, self._build(job.request, 487, "Request Terminated")
         else:
             status, data = self._answer(job.request, result)
-        self._finish(job, data)
+        self._finish(job, data, entry)
         return Completion(data, status, job, result)
 
     def shed(self, job: VerificationJob) -> bytes:
         """503 with Retry-After for a job the server has no room for (RFC 3261 section 21.5.4
         and 20.33); stored, so retransmissions get the same answer without verifying."""
         data = self._shed_response(job.request)
-        self._finish(job, data)
+        self._finish(job, data, self._transactions.get(job.key))
         return data
 
     def _shed_response(self, request: Request) -> bytes:
@@ -518,11 +534,11 @@ class SipServerCore:
     def fail(self, job: VerificationJob) -> bytes:
         """500 when the verifier itself broke (a bug, never a verdict; RFC 3261 21.5.1)."""
         data = self._build(job.request, 500, "Server Internal Error")
-        self._finish(job, data)
+        self._finish(job, data, self._transactions.get(job.key))
         return data
 
-    def _finish(self, job: VerificationJob, data: bytes) -> None:
-        entry = self._transactions.get(job.key)
+    def _finish(self, job: VerificationJob, data: bytes, entry: _Transaction | None) -> None:
+        """Store the final answer in the job's transaction (``entry``, as just looked up)."""
         if entry is None:  # evicted while pending: remember the answer again
             entry = _Transaction(_now(job.at) + self.transaction_ttl_s)
             self._store(job.key, entry)
@@ -565,6 +581,32 @@ class SipServerCore:
                 self._verstat_memo.clear()
             self._verstat_memo[key] = found
         return found
+
+
+def _cseq_method(value: str | None) -> str | None:
+    """``request.cseq.method`` for ``value``, the request's first CSeq (`response_fields`),
+    None where ``request.cseq`` is None, without building the `CSeq` (the server needs only
+    the method): ``1*DIGIT LWS Method`` as ``sip.fields.parse_cseq_checked`` reads it.
+    RFC 3261 section 20.16."""
+    if value is None:
+        return None
+    parts = value.split()
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
+        return None
+    return parts[1]
+
+
+def _info_urls(request: Request) -> list[str]:
+    """The ``info`` URLs of every Identity value, in order (RFC 8224 section 4.1). A match
+    opens with ``;``, so each value is searched from its first one on: the regex no longer
+    tries every character of the PASSporT before it (some 400)."""
+    urls: list[str] = []
+    for header in request.identity_headers:
+        value = header.value
+        start = value.find(";")
+        if start >= 0:
+            urls += [url.strip() for url in _INFO_URL.findall(value, start)]
+    return urls
 
 
 def verify_inline(

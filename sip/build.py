@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from sip.headers import Headers
-from sip.message import SIP_VERSION, Request, Response, serialise_message
+from sip.message import _LENGTH_NAMES, SIP_VERSION, Request, Response, serialise_message
 
 # Length of the deterministic To tag we add (RFC 3261 section 19.3 asks for at least 32 bits of
 # randomness; 16 hex digits of a SHA-256 digest give 64 bits, derived, not drawn, so the
@@ -34,6 +34,14 @@ _PLAIN_VIA = re.compile(
 )
 
 
+# The first ``;name[=value]`` item named ``tag`` (or ``branch``), any case, of the parameters
+# the plain shapes above capture (items without ``;`` inside, printable ASCII), with its
+# value (None for a flag). A match can only open at an item's ``;``, so the first match is the
+# first such item: one search in C instead of a split and a loop over the items.
+_TAG_ITEM = re.compile(r";tag(?:=([^;]*)|(?=;|\Z))", re.IGNORECASE | re.ASCII)
+_BRANCH_ITEM = re.compile(r";branch(?:=([^;]*)|(?=;|\Z))", re.IGNORECASE | re.ASCII)
+
+
 class ResponseFields(NamedTuple):
     """The header values a response copies from its request, as written: every Via line in
     order, and the first From, To, Call-ID and CSeq (None when absent). RFC 3261 section
@@ -51,13 +59,9 @@ class ResponseFields(NamedTuple):
         return bool(self.via) and None not in (self.from_, self.to, self.call_id, self.cseq)
 
 
-# Lookup keys (`sip.headers.header_key`) of the headers a response copies.
-_COPIED_KEYS = frozenset({"via", "from", "to", "call-id", "cseq"})
-
-
 def response_fields(request: Request) -> ResponseFields:
-    """`ResponseFields` of ``request``, read in one pass over its headers and remembered with
-    its parsed fields: a server answering every INVITE asks for these values several times
+    """`ResponseFields` of ``request``, read by scans over its header keys and remembered
+    with its parsed fields: a server answering every INVITE asks for these values several times
     per call (the transaction key, the checks, the To tag, the 100 and the final answer), and
     each ``Headers.get`` is a scan of its own. RFC 3261 section 8.2.6.2.
     """
@@ -65,16 +69,23 @@ def response_fields(request: Request) -> ResponseFields:
 
 
 def _response_fields(headers: Headers) -> ResponseFields:
-    via: list[str] = []
-    found: dict[str, str] = {}
-    for key, value in zip(headers._keys, headers._values, strict=True):
-        if key in _COPIED_KEYS:
-            if key == "via":
-                via.append(value)
-            elif key not in found:  # the first one, as ``Headers.get`` gives
-                found[key] = value
-    get = found.get
-    return ResponseFields(tuple(via), get("from"), get("to"), get("call-id"), get("cseq"))
+    # Scans in C over the lookup keys (membership, count, position) instead of one pass in
+    # Python: a request has a dozen headers or more and only these five are wanted.
+    keys = headers._keys
+    values = headers._values
+    vias = keys.count("via")
+    if vias == 1:
+        via: tuple[str, ...] = (values[keys.index("via")],)
+    else:
+        via = tuple(v for k, v in zip(keys, values, strict=True) if k == "via")
+    # The first of each, as ``Headers.get`` gives (written out: a helper's calls cost more).
+    return ResponseFields(
+        via,
+        values[keys.index("from")] if "from" in keys else None,
+        values[keys.index("to")] if "to" in keys else None,
+        values[keys.index("call-id")] if "call-id" in keys else None,
+        values[keys.index("cseq")] if "cseq" in keys else None,
+    )
 
 
 def plain_top_via(request: Request) -> tuple[str | None, str] | None:
@@ -98,13 +109,12 @@ def _plain_top_via(request: Request) -> tuple[str | None, str] | None:
     plain = _PLAIN_VIA.fullmatch(value)
     if plain is None:
         return None
-    params = plain.group(2)
+    sent_by, params = plain.groups()
     if params:
-        for item in params[1:].split(";"):
-            name, eq, found = item.partition("=")
-            if name.lower() == "branch":
-                return (found if eq else ""), plain.group(1)
-    return None, plain.group(1)
+        item = _BRANCH_ITEM.search(params)
+        if item is not None:
+            return item.group(1) or "", sent_by
+    return None, sent_by
 
 
 def plain_tag(value: str) -> tuple[bool, str | None]:
@@ -119,16 +129,16 @@ def plain_tag(value: str) -> tuple[bool, str | None]:
         return False, None
     params = plain.group(1)
     if params:
-        for item in params[1:].split(";"):
-            name, eq, found = item.partition("=")
-            if name.lower() == "tag":
-                return True, found if eq else ""
+        item = _TAG_ITEM.search(params)
+        if item is not None:
+            return True, item.group(1) or ""
     return True, None
 
 
-def _from_tag(request: Request) -> str | None:
-    """``request.from_.tag if request.from_ else ""``, without parsing a plain From."""
-    value = response_fields(request).from_
+def _from_tag(request: Request, fields: ResponseFields) -> str | None:
+    """``request.from_.tag if request.from_ else ""``, without parsing a plain From;
+    ``fields`` are `response_fields` of ``request``."""
+    value = fields.from_
     if value is not None:
         plain, tag = plain_tag(value)
         if plain:
@@ -159,13 +169,19 @@ def derive_to_tag(request: Request) -> str:
     Derived from Call-ID, From tag and the top Via branch, which identify the transaction.
     RFC 3261 section 19.3.
     """
-    from_tag = _from_tag(request)
+    return _derive_to_tag(request, response_fields(request))
+
+
+def _derive_to_tag(request: Request, fields: ResponseFields) -> str:
+    """`derive_to_tag` with `response_fields` of ``request`` at hand (a response being
+    written has them: asking again is a lookup of the request's remembered fields each)."""
+    from_tag = _from_tag(request, fields)
     top = plain_top_via(request)
     if top is not None:
         branch: str | None = top[0]
     else:
         branch = request.via[0].branch if request.via else ""
-    call_id = response_fields(request).call_id  # ``request.call_id``
+    call_id = fields.call_id  # ``request.call_id``
     seed = f"{call_id}\x00{from_tag}\x00{branch}".encode("utf-8", "surrogateescape")
     return hashlib.sha256(seed).hexdigest()[:_TAG_HEX_DIGITS]
 
@@ -180,7 +196,7 @@ def _response_headers(
     to_value = fields.to
     if to_value is not None:
         if status != 100 and to_is_tagged(request) is False:
-            to_value = f"{to_value};tag={to_tag or derive_to_tag(request)}"
+            to_value = f"{to_value};tag={to_tag or _derive_to_tag(request, fields)}"
         headers.append(("To", to_value))
     if fields.call_id is not None:
         headers.append(("Call-ID", fields.call_id))
@@ -223,5 +239,45 @@ def response_bytes(
     """
     if not 100 <= status <= 699:
         raise ValueError(f"status code out of range: {status}")
-    headers = _response_headers(request, status, extra_headers, to_tag)
-    return serialise_message(f"{SIP_VERSION} {status} {reason}", headers, body)
+    start_line = f"{SIP_VERSION} {status} {reason}"
+    lines = _response_lines(request, start_line, status, extra_headers, to_tag)
+    lines.append(f"Content-Length: {len(body)}")
+    head = "\r\n".join(lines)
+    joints = len(lines) - 1
+    if head.count("\n") != joints or head.count("\r") != joints:
+        # A line break inside some value: `serialise_message` says which header (or writes
+        # one in the start line as given), exactly as for any other message.
+        headers = _response_headers(request, status, extra_headers, to_tag)
+        return serialise_message(start_line, headers, body)
+    return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+
+
+def _response_lines(
+    request: Request,
+    start_line: str,
+    status: int,
+    extra_headers: Sequence[tuple[str, str]],
+    to_tag: str | None,
+) -> list[str]:
+    """The start line and header lines of `serialise_message` over `_response_headers`,
+    without Content-Length: the same text, written straight from the copied values (their
+    names are fixed, never a Content-Length) rather than through a list of pairs.
+    RFC 3261 section 8.2.6.2."""
+    fields = response_fields(request)
+    lines = [start_line]
+    lines.extend(["Via: " + v for v in fields.via])
+    if fields.from_ is not None:
+        lines.append("From: " + fields.from_)
+    to_value = fields.to
+    if to_value is not None:
+        if status != 100 and to_is_tagged(request) is False:
+            to_value = f"{to_value};tag={to_tag or _derive_to_tag(request, fields)}"
+        lines.append("To: " + to_value)
+    if fields.call_id is not None:
+        lines.append("Call-ID: " + fields.call_id)
+    if fields.cseq is not None:
+        lines.append("CSeq: " + fields.cseq)
+    for name, value in extra_headers:
+        if name.lower() not in _LENGTH_NAMES:  # set from the body, as `serialise_message` does
+            lines.append(f"{name}: {value}")
+    return lines

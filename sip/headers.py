@@ -160,13 +160,31 @@ def canonical_name(name: str) -> str:
     return CANONICAL_NAMES.get(name.lower(), name)
 
 
+def _header_key(name: str) -> str:
+    """`header_key` by its definition (the reference of its memo)."""
+    lowered = name.lower()
+    return CANONICAL_NAMES.get(lowered, lowered).lower()
+
+
+# `header_key` of the names lookups pass (mostly literals: "from", "p-asserted-identity"),
+# remembered: every accessor asks for one per call. Bounded: cleared when full, since callers
+# may pass names taken from the wire.
+_KEY_MEMO: dict[str, str] = {}
+_MAX_KEY_MEMO = 1_024
+
+
 def header_key(name: str) -> str:
     """Lookup key: lower-case canonical name (compact and long forms share one key).
 
     RFC 3261 section 7.3.1.
     """
-    lowered = name.lower()
-    return CANONICAL_NAMES.get(lowered, lowered).lower()
+    key = _KEY_MEMO.get(name)
+    if key is None:
+        key = _header_key(name)
+        if len(_KEY_MEMO) >= _MAX_KEY_MEMO:
+            _KEY_MEMO.clear()
+        _KEY_MEMO[name] = key
+    return key
 
 
 def is_token(text: str) -> bool:
@@ -295,20 +313,34 @@ class Headers:
         """Value of the first header with this name (any spelling or compact form)."""
         key = header_key(name)
         keys = self._keys
-        for i in range(len(keys)):
-            if keys[i] == key:
-                return self._values[i]
+        # Two scans in C (membership, then position) cost less than one in Python.
+        if key in keys:
+            return self._values[keys.index(key)]
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Values of every header line with this name, in order (lines are not comma-split)."""
-        key = header_key(name)
-        return [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
+        return self._lines(header_key(name))
+
+    def _lines(self, key: str) -> list[str]:
+        """Values of the lines whose lookup key is ``key``, in order; the common counts (none,
+        one) found by scans in C rather than a comprehension over every header."""
+        keys = self._keys
+        count = keys.count(key)
+        if count == 0:
+            return []
+        if count == 1:
+            return [self._values[keys.index(key)]]
+        return [v for k, v in zip(keys, self._values, strict=True) if k == key]
 
     def fields(self, name: str) -> list[Header]:
         """Every header line with this name as `Header` values (offsets included)."""
         key = header_key(name)
-        return [self[i] for i, k in enumerate(self._keys) if k == key]
+        keys = self._keys
+        count = keys.count(key)
+        if count < 2:  # as in `_lines`: none or one found by scans in C
+            return [self[keys.index(key)]] if count else []
+        return [self[i] for i, k in enumerate(keys) if k == key]
 
     def values(self, name: str) -> list[str]:
         """All values of a header, list headers split on commas (quotes and <> respected).
@@ -316,7 +348,7 @@ class Headers:
         RFC 3261 section 7.3.1.
         """
         key = header_key(name)
-        lines = [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
+        lines = self._lines(key)
         if key not in LIST_HEADERS:
             return lines
         out: list[str] = []

@@ -1,8 +1,9 @@
 """The SIP verification server's one-pass answer building against the lookups it replaces.
 
 ``sip.build.response_fields`` reads the Via, From, To, Call-ID and CSeq values a response
-copies in one pass over the request's headers; ``sip.message.serialise_message`` checks a
-head for line breaks once instead of per header. Each must give exactly what the lookups and
+copies with scans in C over the request's header keys; ``sip.message.serialise_message``
+checks a head for line breaks once instead of per header, and ``sip.response_bytes`` writes
+the lines of a response straight from the copied values. Each must give exactly what the lookups and
 the per-header check give: the same values, the same bytes, the same error. RFC 3261
 sections 7, 8.1.1, 8.2.6.2 and 20.14.
 """
@@ -13,8 +14,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sip import Request, parse_message
-from sip.build import response_fields
+from sip import Request, parse_message, response_bytes
+from sip.build import _response_headers, response_fields
+from sip.headers import _header_key
 from sip.message import serialise_message
 
 # Names in every spelling a lookup must treat alike (long, compact, odd case), and others.
@@ -100,3 +102,86 @@ def test_serialise_checks_as_each_header_would(
 def test_line_break_in_a_header_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="line break"):
         serialise_message("SIP/2.0 200 OK", [("To", "x"), ("Reason", value)], b"")
+
+
+def _scan_fields(request: Request) -> tuple[object, ...]:
+    """The fields by their definition: one pass over the lines in order, the first of each
+    (every Via), keys as ``sip.headers.header_key`` defines them."""
+    via: list[str] = []
+    first: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = _header_key(name)
+        if key == "via":
+            via.append(value)
+        elif key in ("from", "to", "call-id", "cseq"):
+            first.setdefault(key, value)
+    return (tuple(via), first.get("from"), first.get("to"), first.get("call-id"), first.get("cseq"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=12))
+@example([("Via", "a"), ("v", "b"), ("f", "1"), ("From", "2"), ("i", "c"), ("CSeq", "1 X")])
+@example([("X-Via", "a"), ("VIA", "b")])
+def test_response_fields_are_the_pass_over_the_lines(headers: list[tuple[str, str]]) -> None:
+    assert tuple(response_fields(_request(headers))) == _scan_fields(_request(headers))
+
+
+# From/To values with and without a tag, and Via/Call-ID/CSeq lines, for the requests a
+# response is written from.
+_PARTIES = st.sampled_from(
+    ['"Alpha Caller" <sip:+12025550101@alpha.example;user=phone>;tag=f1', "<sip:a@b>",
+     "<sip:a@b>;tag=", "sip:a@b;tag=x;y", "Bob <sip:a@b;lr>;TAG=z", '"a\\"b" <tel:+1>', "x y"]
+)  # fmt: skip
+_COPIED = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["Via", "v"]), _VALUES),
+        st.tuples(st.sampled_from(["From", "f", "To", "t"]), _PARTIES),
+        st.tuples(st.sampled_from(["Call-ID", "i", "CSeq"]), _VALUES),
+        st.tuples(st.sampled_from(["Contact", "Identity", "Content-Length"]), _VALUES),
+    ),
+    max_size=10,
+)
+
+
+def _response_outcome(
+    request: Request,
+    status: int,
+    reason: str,
+    extra: list[tuple[str, str]],
+    to_tag: str | None,
+    body: bytes,
+    fast: bool,
+) -> object:
+    try:
+        if fast:
+            return response_bytes(request, status, reason, extra, to_tag=to_tag, body=body)
+        start = f"SIP/2.0 {status} {reason}"
+        return serialise_message(start, _response_headers(request, status, extra, to_tag), body)
+    except ValueError as exc:
+        return ("ValueError", str(exc))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    _COPIED,
+    st.sampled_from([100, 180, 302, 403, 487, 503]),
+    st.one_of(st.just("Moved Temporarily"), _HEAD_TEXT),
+    st.lists(st.tuples(_HEAD_NAMES, st.one_of(_VALUES, _HEAD_TEXT)), max_size=5),
+    st.sampled_from([None, "abc"]),
+    st.sampled_from([b"", b"v=0\r\n"]),
+)
+@example([("To", "<sip:a@b>")], 302, "Moved Temporarily", [("Reason", "a\nb")], None, b"")
+@example([("To", "<sip:a@b>")], 302, "Moved\r\nTemporarily", [("l", "5")], None, b"")
+def test_response_bytes_are_the_serialised_response_headers(
+    headers: list[tuple[str, str]],
+    status: int,
+    reason: str,
+    extra: list[tuple[str, str]],
+    to_tag: str | None,
+    body: bytes,
+) -> None:
+    """``response_bytes`` writes its lines straight from the copied values: the same bytes
+    (or the same error) as serialising the list of pairs ``response_to`` builds."""
+    request = _request(headers)
+    args = (status, reason, extra, to_tag, body)
+    assert _response_outcome(request, *args, True) == _response_outcome(request, *args, False)

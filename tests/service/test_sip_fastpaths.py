@@ -2,10 +2,13 @@
 
 ``sip.build.plain_tag`` reads the tag of a plain From/To value without a name-addr parse,
 ``to_is_tagged`` and ``derive_to_tag`` use it, the core checks the Request-URI scheme from its
-first characters, and an INVITE the server has no room for is answered 503 by the core without
-becoming a job (``receive(..., shed=True)``). Each must give exactly what the reference gives:
-the same tag, the same decision, the same bytes. RFC 3261 sections 8.2.2.1, 12.2, 17.2.3,
-19.3, 20.10 and 21.5.4.
+first characters and the CSeq method without the CSeq parse, searches each Identity value for
+its ``info`` URL from the first ``;``, ``without_tag`` drops a lone tag without the regex, only
+a datagram opening with a blank is stripped to tell a keep-alive, and an INVITE the server has
+no room for is answered 503 by the core without becoming a job (``receive(..., shed=True)``).
+Each must give exactly what the reference gives: the same tag, the same decision, the same
+bytes. RFC 3261 sections 8.2.2.1, 12.2, 17.2.3, 19.3, 20.10, 20.16 and 21.5.4; RFC 8224
+section 4.1.
 """
 
 from __future__ import annotations
@@ -15,9 +18,19 @@ import hashlib
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from analyzer.sipserver import _URI_SCHEME_PREFIX, _URI_SCHEMES, Action, SipServerCore
+from analyzer.sipanswer import _TAG_PARAM, without_tag
+from analyzer.sipserver import (
+    _INFO_URL,
+    _URI_SCHEME_PREFIX,
+    _URI_SCHEMES,
+    Action,
+    DropReason,
+    SipServerCore,
+    _cseq_method,
+    _info_urls,
+)
 from sip import Request, derive_to_tag, parse_message, parse_name_addr, response_bytes
-from sip.build import plain_tag, plain_top_via, to_is_tagged
+from sip.build import plain_tag, plain_top_via, response_fields, to_is_tagged
 from tests.service.invites import FIXTURE_AT, build_invite, fixture_call, with_branch
 
 # Characters that matter to a name-addr parse (quotes, escapes, brackets, separators, blanks)
@@ -229,7 +242,8 @@ def test_plain_top_via_is_the_parsed_top_via(value: str) -> None:
         if branch.startswith("z9hG4bK"):
             assert SipServerCore._key(message, "INVITE") == (branch, via.sent_by.lower(), "INVITE")
         assert derive_to_tag(parse_message(raw)) == reference_to_tag(reference)  # type: ignore[arg-type]
-    assert SipServerCore._answerable(message) is (
+    cseq = _cseq_method(response_fields(message).cseq)
+    assert SipServerCore._answerable(message, cseq) is (
         bool(reference.via) and reference.cseq is not None
     )
 
@@ -248,3 +262,84 @@ def test_plain_top_via_declines_what_it_cannot_read() -> None:
         assert isinstance(message, Request)
         assert plain_top_via(message) is None
         assert message.via  # the parse reads them: the server falls back to it
+
+
+# CSeq values: the plain shape, blanks, numbers too large, non-ASCII digits, missing or extra
+# parts, and a method that differs from the request's.
+_CSEQS = st.one_of(
+    st.sampled_from(
+        ["1 INVITE", "  1\tINVITE ", "1 invite", "1 OPTIONS", "4294967296 INVITE",
+         "99999999999999999999999 INVITE", "\u0661 INVITE", "x INVITE", "1", "1 INVITE x", ""]
+    ),
+    st.text(st.sampled_from(list("0129 \tINVITE\u0661\u00b2")), max_size=12),
+)  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_CSEQS, max_size=2))
+def test_cseq_method_is_the_parsed_method(values: list[str]) -> None:
+    """``_cseq_method`` gives ``request.cseq.method`` (None where that is None) without the
+    CSeq parse, and the core's checks decide as they did with it."""
+    lines = ["INVITE sip:a@b SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9hG4bKx"]
+    lines += [f"CSeq: {value}" for value in values]
+    message = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert isinstance(message, Request)
+    reference = message.cseq
+    method = _cseq_method(response_fields(message).cseq)
+    assert method == (None if reference is None else reference.method)
+
+
+def _reference_urls(request: Request) -> list[str]:
+    """Every ``info`` URL, each Identity value searched from its first character."""
+    return [m.group(1).strip() for v in request.identity_values for m in _INFO_URL.finditer(v)]
+
+
+_IDENTITY_PARTS = st.sampled_from(
+    ["eyJh.eyJi.c2ln", ";info=<https://a.example/x.pem>", "; INFO = < https://b/y.pem >",
+     ";alg=ES256", ';ppt="shaken"', ";info=<>", ";info=https://c/z", ",", ";", "<", ">", " "]
+)  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.lists(_IDENTITY_PARTS, max_size=6).map("".join), max_size=3))
+@example(["eyJh.eyJi.c2ln;info=<https://a.example/x.pem>;alg=ES256"])
+@example(["<x>;info=<https://a/1>, t2;info=<https://a/2>"])
+def test_info_urls_are_those_of_a_search_from_the_start(values: list[str]) -> None:
+    lines = ["INVITE sip:a@b SIP/2.0", *(f"Identity: {value}" for value in values)]
+    message = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert isinstance(message, Request)
+    assert _info_urls(message) == _reference_urls(message)
+
+
+def _reference_without_tag(value: str) -> str:
+    """``without_tag`` with the regex applied to every name-addr's parameters."""
+    gt = value.rfind(">")
+    if value.lstrip().startswith(("<", '"')) or ("<" in value and gt > 0):
+        return value[: gt + 1] + _TAG_PARAM.sub("", value[gt + 1 :])
+    uri, _, params = value.strip().partition(";")
+    rest = _TAG_PARAM.sub("", f";{params}") if params else ""
+    return f"<{uri}>{rest}"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(name_addrs(), st.text(_TRICKY, max_size=40)))
+@example('"Alpha Caller" <sip:+12025550101@alpha.example;user=phone>;tag=f1')
+@example("<sip:a@b>;tag=x;tag=y")
+@example("<sip:a@b>;tag=")
+@example("<sip:a@b>;tag=x>")
+def test_without_tag_is_the_regex(value: str) -> None:
+    assert without_tag(value) == _reference_without_tag(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\t", b" ", b"\x00", b"\x0b", b"x"]), max_size=6))
+@example([])
+@example([b"\r\n", b"\r\n"])
+@example([b"\x00", b" ", b"\t"])
+@example([b" ", b"x"])
+def test_keepalive_is_a_datagram_of_blanks(parts: list[bytes]) -> None:
+    """A datagram is a keep-alive exactly when nothing but blanks is left after a strip."""
+    data = b"".join(parts)
+    decision = SipServerCore().receive(data, at=FIXTURE_AT)
+    blank = not data.strip(b"\r\n\t \x00")
+    assert (decision.drop is DropReason.KEEPALIVE) is blank

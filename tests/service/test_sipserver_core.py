@@ -16,6 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from analyzer.extract import request_from_message
+from analyzer.sipanswer import (
+    _TAG_PARAM,
+    SERVER_HEADER,
+    stir_reasons,
+    uri_header,
+    with_verstat,
+)
 from analyzer.sipserver import (
     TRANSACTION_TTL_S,
     Action,
@@ -27,7 +35,7 @@ from analyzer.sipserver import (
 from analyzer.verifying import build_verifier
 from shaken.result import VerificationResult
 from shaken.verifier import VerificationRequest, Verifier
-from sip import Response, parse_message
+from sip import Request, Response, parse_message, response_to
 from tests.service.invites import (
     FIXTURE_AT,
     build_invite,
@@ -459,3 +467,69 @@ def test_any_bytes_give_a_decision(data: bytes) -> None:
     assert isinstance(decision, Decision)
     if decision.response is not None:
         assert isinstance(parse_message(decision.response), Response)
+
+
+def _reference_answer(request: Request, result: VerificationResult) -> bytes:
+    """The redirect as the definitions give it, without any shortcut: identities decorated
+    each time (no memo), the From tag removed by the regex, the response built as a message
+    and serialised (``response_to``). 3GPP TS 24.229 section 7.2A.20, RFC 3261 8.2.6.2."""
+    verstat = result.verstat
+    pai = [with_verstat(v, verstat) for v in request.headers.values("p-asserted-identity")]
+    redirected = [uri_header("P-Asserted-Identity", v) for v in pai]
+    from_value = request.headers.get("from")
+    if from_value is not None:
+        gt = from_value.rfind(">")
+        if from_value.lstrip().startswith(("<", '"')) or ("<" in from_value and gt > 0):
+            bare = from_value[: gt + 1] + _TAG_PARAM.sub("", from_value[gt + 1 :])
+        else:
+            uri, _, params = from_value.strip().partition(";")
+            bare = f"<{uri}>" + (_TAG_PARAM.sub("", f";{params}") if params else "")
+        redirected.append(uri_header("From", with_verstat(bare, verstat)))
+    target = request.uri_text.strip().strip("<>")
+    if redirected and "?" not in target:
+        target = f"{target}?{'&'.join(redirected)}"
+    headers = [("Contact", f"<{target}>"), *(("P-Asserted-Identity", v) for v in pai)]
+    headers += [*stir_reasons(result), ("Server", SERVER_HEADER)]
+    return response_to(request, 302, "Moved Temporarily", headers).to_bytes()
+
+
+_FROMS = st.sampled_from(
+    ['"Alpha Caller" <sip:+12025550101@alpha.example;user=phone>;tag=f1',
+     "<sip:+12025550101@alpha.example;user=phone>;tag=x;tag=y",
+     "<tel:+12025550101>;TAG=a;x=1", "sip:+12025550101@alpha.example;tag=z",
+     '"A" <sip:a@b>', "Bob <sip:bob@b.example;lr>;tag="]
+)  # fmt: skip
+_PAIS = st.sampled_from(
+    [None, "<sip:+12025550101@alpha.example;user=phone>", "<tel:+12025550101>",
+     '"A" <sip:+12025550101@a.example>, <tel:+12025550101>', "<mailto:a@b>"]
+)  # fmt: skip
+_URIS = st.sampled_from(
+    ["sip:+12025550199@bravo.example;user=phone", "sip:a@b?x=y", "tel:+12025550199", "sips:b@c"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_FROMS, _PAIS, _URIS, st.booleans(), st.sampled_from(["alpha_a", "tampered", "unsigned"]))
+def test_redirect_is_the_reference_answer(
+    verifier: Verifier, from_: str, pai: str | None, uri: str, two_vias: bool, name: str
+) -> None:
+    """The 302 for varied INVITEs is byte for byte the one the definitions build."""
+    core = SipServerCore()
+    signed = parse_message(fixture_call(name))
+    assert isinstance(signed, Request)
+    result = verifier.verify(request_from_message(signed), at=FIXTURE_AT)
+    data = build_invite(identities=[], date=None, pai=pai).decode()
+    lines = []
+    for line in data.split("\r\n"):
+        if line.startswith("INVITE "):
+            line = f"INVITE {uri} SIP/2.0"
+        elif line.startswith("From:"):
+            line = f"From: {from_}"
+        elif line.startswith("Via:") and two_vias:
+            line += "\r\nVia: SIP/2.0/TCP 192.0.2.99;branch=z9hG4bKsecond"
+        lines.append(line)
+    request = parse_message("\r\n".join(lines).encode())
+    assert isinstance(request, Request)
+    for _ in range(2):  # the second time from the remembered decorations
+        status, answer = core._answer(request, result)
+        assert (status, answer) == (302, _reference_answer(request, result))
