@@ -14,15 +14,40 @@ fetch may follow (an x5u not seen before, or not cached any more), else after
 Verifications queued or running in the pool are bounded (``queue_limit``): past it an INVITE
 is answered ``503 Service Unavailable`` with Retry-After and counted as shed (never dropped
 silently), and TCP connections stop being read until the queue drains to half
-(backpressure); so is every INVITE while the kernel holds a backlog (the loop itself is
-behind) or the outputs cannot take more records, and then the core answers it 503 as soon
-as it is parsed, without making it a job (a 503 must cost a fraction of a verification, or
-an overloaded server spends its time refusing calls and answers none). Past a higher
-backlog even that cannot keep up: the oldest datagrams of the excess are read and dropped
-unparsed, counted (``stirscope_sip_dropped_total{reason="overload"}``), so the server is
-back to fresh INVITEs as soon as the flood ebbs. ``stop()`` is graceful: no new connections,
-new INVITEs shed, every queued verification answered (up to ``drain_timeout_s``), then
-sockets closed.
+(backpressure); so is every INVITE while the outputs cannot take more records, and then the
+core answers it 503 as soon as it is parsed, without making it a job (a 503 must cost a
+fraction of a verification, or an overloaded server spends its time refusing calls and
+answers none).
+
+UDP is read by the server itself (``loop.add_reader``), not by an asyncio transport: each
+wake-up reads a batch of up to ``UDP_READ_BATCH`` datagrams (until the socket would block),
+decides for the batch as a whole, then handles its datagrams in arrival order; answers go out
+with a direct ``sendto`` (a socket whose send buffer is full queues a few, bounded, flushed
+when it is writable; past the bound they are counted as dropped). The decision follows the
+backlog, the work waiting ahead of the batch's last datagram: the batch's own bytes (with the
+kernel's per-datagram overhead) plus, when the batch was full (more is waiting), what the
+kernel still holds, read once per full batch (``SO_MEMINFO``, one system call). A batch that
+ends short has emptied the socket, so its bytes are the whole backlog. The loop, not the
+verifier, is then what is behind, and every INVITE waiting ages towards its sender's
+retransmission (T1 = 500 ms, RFC 3261 section 17.1.1.2), so:
+
+* up to ``max_udp_backlog`` (tens of ms of work) everything is verified;
+* between it and ``drop_threshold`` a share of the new INVITEs is shed (503), rising in
+  proportion from 0 at ``max_udp_backlog`` to all of them at ``drop_threshold``; the share is
+  taken exactly, INVITE by INVITE (a running credit, no randomness), so a backlog that grows
+  sheds more of the next batch and one that shrinks sheds less, and the backlog settles where
+  the share shed makes the work fit the loop: a server offered more than it can verify
+  keeps verifying about what it can and sheds the rest, instead of all or nothing in turns;
+* past ``drop_threshold`` even 503s cannot keep up (an INVITE flood several times what the
+  loop can answer): the oldest datagrams of the excess over ``max_udp_backlog`` are read and
+  dropped unparsed, counted (``stirscope_sip_dropped_total{reason="overload"}``), so the
+  server is back to fresh INVITEs as soon as the flood ebbs.
+
+Where ``SO_MEMINFO`` is missing the kernel backlog is polled every ``BACKLOG_POLL_S`` from
+/proc/net/udp instead (the host's whole UDP table: too dear per batch), and full batches keep
+the last poll's decision. ``stop()`` is graceful: no new connections, new INVITEs shed,
+every queued verification answered (up to ``drain_timeout_s``), the queued UDP answers sent,
+then sockets closed.
 
 The verification time is the arrival time, read from ``clock`` (wall clock by default,
 injectable for tests). RFC 3261 sections 17.2 and 18; RFC 8224 section 6.2.
@@ -32,10 +57,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,25 +115,45 @@ _MEMINFO_FORMAT = "9I"
 _MEMINFO_BYTES = struct.calcsize(_MEMINFO_FORMAT)
 _MEMINFO_RMEM_ALLOC = 0
 _MEMINFO_DROPS = 8
-# Unread bytes in the kernel past which INVITEs are shed (503) until the loop catches up.
-# The kernel counts buffer overhead too (about 2 kB per 1.3 kB INVITE): 256 KiB is ~130
-# INVITEs, tens of milliseconds of work for warm calls (~0.25 ms each on the loop) and up
-# to ~0.15 s for pooled ones, well under T1 = 500 ms; and below the ~416 KiB a default
-# kernel grants (net.core.rmem_max 212,992, doubled), so shedding starts before kernel drops.
-# Polled every 20 ms (a /proc read).
+# Backlog (bytes of datagrams waiting to be handled, as the kernel counts them) up to which
+# every INVITE is verified; past it a share is shed (503), growing in proportion to the
+# excess (module docstring). The kernel counts buffer overhead too (about 2 kB per 1.3 kB
+# INVITE): 256 KiB is ~130 INVITEs, tens of milliseconds of work for warm calls (~0.25 ms
+# each on the loop) and up to ~0.15 s for pooled ones, well under T1 = 500 ms; and below the
+# ~416 KiB a default kernel grants (net.core.rmem_max 212,992, doubled), so shedding starts
+# before kernel drops. Where SO_MEMINFO is missing it is polled every 20 ms (a /proc read).
 MAX_UDP_BACKLOG_BYTES = 256 * 1024
 BACKLOG_POLL_S = 0.02
-# Unread bytes past which even a 503 cannot keep up (an INVITE flood several times what the
-# loop can answer): the oldest datagrams, whose senders have retransmitted them by the time
-# they would be read, are read and dropped unparsed (counted as ``overload``) until the
-# backlog is back at ``MAX_UDP_BACKLOG_BYTES``; what follows is shed or verified again. A
-# quarter of the receive buffer the kernel grants above it at least, so that the kernel does
-# not drop first (``ServerLimits.drop_udp_backlog`` caps it at three quarters of that buffer).
+# Backlog at which the shed share reaches all new INVITEs (it rises from 0 at
+# ``MAX_UDP_BACKLOG_BYTES``), and past which even 503s cannot keep up (an INVITE flood
+# several times what the loop can answer): the oldest datagrams, whose senders have
+# retransmitted them by the time they would be read, are read and dropped unparsed (counted
+# as ``overload``) until the backlog is back at ``MAX_UDP_BACKLOG_BYTES``; what follows is
+# verified, or shed in proportion, again. 1 MiB is ~450 INVITEs, most of them answered 503
+# by then (a fraction of a verification each). A quarter of the receive buffer the kernel
+# grants above it at least, so that the kernel does not drop first
+# (``ServerLimits.drop_udp_backlog`` caps it at three quarters of that buffer).
 DROP_UDP_BACKLOG_BYTES = 1024 * 1024
 # What the kernel charges a datagram beyond its payload (buffer head and alignment: ~1 kB on
-# Linux, measured as rx_queue), to count a dropped datagram's share of the backlog. Erring
-# high drops fewer datagrams than the excess, never more.
+# Linux, measured as rx_queue), to count a datagram's share of the backlog. Erring high drops
+# fewer datagrams than the excess, never more.
 DATAGRAM_OVERHEAD_BYTES = 1024
+# Datagrams read per wake-up of a UDP socket before they are handled: one epoll wait and
+# one backlog reading (when the batch is full) shared by up to 64 messages. At ~0.25 ms of
+# work per INVITE a full batch is ~16 ms, the granularity at which shedding follows the
+# backlog and timers and finished pool jobs wait at most.
+UDP_READ_BATCH = 64
+# Receive buffer of one datagram: the largest UDP payload (65,507 bytes over IPv4, 65,527
+# over IPv6), so none is truncated; answers to anything above the core's maximum message
+# size are its to decide (513, RFC 3261 section 18.1.1).
+MAX_DATAGRAM_BYTES = 65_535
+# Answers waiting for room in a UDP socket's send buffer (the kernel refused them, EAGAIN or
+# ENOBUFS): a few hundred 302s of ~1.5 kB, the burst of a few ms. Past it an answer is
+# dropped, counted (``stirscope_sip_dropped_total{reason="send_queue_full"}``): its sender
+# retransmits the request and gets it from the transaction cache.
+MAX_UDP_SEND_QUEUE = 256
+# Graceful shutdown waits this long for the kernel to take the UDP answers still queued.
+UDP_FLUSH_TIMEOUT_S = 1.0
 # Graceful shutdown waits this long for queued verifications (two fetch timeouts + margin).
 DRAIN_TIMEOUT_S = 5.0
 # UDP peers whose answer path (`Link`) is kept between datagrams: an SBC talks from a handful
@@ -114,6 +161,8 @@ DRAIN_TIMEOUT_S = 5.0
 MAX_UDP_LINKS = 1024
 
 Peer = tuple[str, int]
+# A socket address as ``recvfrom`` gives it (IPv6 ones carry flow info and scope too).
+SockAddr = tuple[Any, ...]
 
 
 class Transport(StrEnum):
@@ -303,23 +352,28 @@ class SipVerificationServer:
         self._outputs_full = outputs_full
         self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="sip-verify")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[_SipDatagram] = []
         self._udp_inodes: set[str] = set()
-        self._udp_sockets: list[Any] = []  # for SO_MEMINFO (``kernel_queues``)
+        self._udp_sockets: list[socket.socket] = []  # for SO_MEMINFO (``kernel_queues``)
+        self._meminfo = True  # SO_MEMINFO answers: the backlog is read per full batch
         self._kernel_drops_seen = 0
         self._udp_buffer = 0  # the smallest receive buffer the kernel granted a UDP socket
-        self._drop_budget = 0  # backlog bytes still to drop unread (``_poll_backlog``)
+        self._drop_budget = 0  # backlog bytes still to drop unread (``_follow_backlog``)
+        # The share of new INVITEs shed for the backlog (0 to 1) and the credit it accrues,
+        # one share per INVITE read: an INVITE is shed while the credit is 1 or more.
+        self._shed_share = 0.0
+        self._shed_credit = 0.0
         self._tcp_servers: list[asyncio.Server] = []
         self._streams: set[_SipStream] = set()
         self._paused: set[_SipStream] = set()
         self._inflight = 0
         self._closing = False
-        self._backlogged = False
         self._watcher: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None
         self.endpoints: list[Endpoint] = []
         self.shed = 0
         self.overload_drops = 0
+        self.send_drops = 0  # UDP answers the kernel would not take (``_SipDatagram``)
         self.answered = 0
         self.answered_on_loop = 0
         self.internal_errors = 0
@@ -341,31 +395,44 @@ class SipVerificationServer:
         self.endpoints.extend(bound)
         if self._udp:
             self.metrics.watch_kernel_drops(self.kernel_drops)
-            if Path(PROC_NET_UDP[0]).exists():
+            if not self._meminfo and Path(PROC_NET_UDP[0]).exists():
                 self._watcher = loop.create_task(self._watch_backlog())
         return bound
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> Endpoint:
+        if endpoint.transport is Transport.UDP:
+            sock = await _udp_socket(loop, endpoint, UDP_RECEIVE_BUFFER)
+            try:
+                self._watch_udp(sock)
+                reader = _SipDatagram(self, loop, sock)
+                loop.add_reader(sock, reader.read_ready)
+                self._udp.append(reader)
+            except BaseException:
+                sock.close()
+                raise
+            return Endpoint(endpoint.transport, endpoint.host, int(sock.getsockname()[1]))
         bound, handle = await bind_endpoint(
             loop,
             endpoint,
-            datagram=lambda: _SipDatagram(self),
+            datagram=asyncio.DatagramProtocol,  # UDP is bound above: never called
             stream=lambda: _SipStream(self),
             receive_buffer=UDP_RECEIVE_BUFFER,
         )
-        if endpoint.transport is Transport.TCP:  # uvloop's servers are no asyncio.Server
-            self._tcp_servers.append(cast(asyncio.Server, handle))
-        else:
-            handle = cast(asyncio.DatagramTransport, handle)
-            self._udp.append(handle)
-            sock = handle.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    self._udp_inodes.add(str(os.fstat(sock.fileno()).st_ino))
-                    self._udp_sockets.append(sock)
-                    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-                    self._udp_buffer = min(self._udp_buffer or granted, granted)
+        # uvloop's servers are no asyncio.Server
+        self._tcp_servers.append(cast(asyncio.Server, handle))
         return bound
+
+    def _watch_udp(self, sock: socket.socket) -> None:
+        """Note a UDP socket for the kernel queue readings (``kernel_queues``)."""
+        self._udp_sockets.append(sock)
+        with contextlib.suppress(OSError):
+            self._udp_inodes.add(str(os.fstat(sock.fileno()).st_ino))
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            self._udp_buffer = min(self._udp_buffer or granted, granted)
+        try:
+            sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_BYTES)
+        except OSError:  # not Linux 4.6+: the backlog is polled from /proc instead
+            self._meminfo = False
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, answer what is queued, close sockets."""
@@ -379,6 +446,7 @@ class SipVerificationServer:
         if self._inflight and self._drained is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), self.limits.drain_timeout_s)
+        await self._flush_udp()
         for udp in self._udp:
             udp.close()
         for stream in list(self._streams):
@@ -390,21 +458,30 @@ class SipVerificationServer:
         self._tcp_servers.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    async def _flush_udp(self) -> None:
+        """Stop reading UDP and give the answers still queued for the kernel up to
+        ``UDP_FLUSH_TIMEOUT_S`` to go out (what is left then is counted as dropped)."""
+        for udp in self._udp:
+            udp.stop_reading()
+        deadline = time.monotonic() + UDP_FLUSH_TIMEOUT_S
+        while any(udp.unsent for udp in self._udp) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     def kernel_queues(self) -> tuple[int, int]:
         """(bytes waiting, datagrams dropped) in the kernel for our UDP sockets: from
         ``SO_MEMINFO`` (Linux 4.6+: receive memory allocated and drops, one system call a
         socket), else from the ``rx_queue`` and ``drops`` columns of /proc/net/udp{,6}, which
         the kernel builds by walking every UDP socket of the host ((0, 0) elsewhere). Polled
-        every ``BACKLOG_POLL_S`` while serving."""
+        once per full batch of datagrams while serving (every ``BACKLOG_POLL_S`` from /proc)."""
         waiting = dropped = 0
         try:
             for sock in self._udp_sockets:
+                if sock.fileno() < 0:  # closed (stop()): nothing waits; the drops seen stand
+                    return 0, self._kernel_drops_seen
                 info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_BYTES)
                 fields = struct.unpack_from(_MEMINFO_FORMAT, info)
                 waiting += fields[_MEMINFO_RMEM_ALLOC]
                 dropped += fields[_MEMINFO_DROPS]
-        except ValueError:  # closed (stop()): nothing waits; the drops seen last stand
-            return 0, self._kernel_drops_seen
         except (OSError, struct.error):
             return self._proc_kernel_queues()
         self._kernel_drops_seen = dropped
@@ -448,20 +525,44 @@ class SipVerificationServer:
         return max(threshold, limits.max_udp_backlog)
 
     def _poll_backlog(self) -> None:
-        """Shed while the kernel holds more unread datagrams than ``max_udp_backlog``: the
-        event loop, not the verifier, is behind, and every INVITE waiting there ages towards
-        its sender's retransmission (RFC 3261 section 17.1.1.2). Past ``drop_threshold`` even
-        shedding is behind: the excess over ``max_udp_backlog``, the oldest datagrams, is read
-        and dropped unparsed (counted), so the server answers fresh INVITEs again as soon as
-        the flood ebbs instead of working through requests already retransmitted."""
-        waiting = self.kernel_queues()[0]
-        limits = self.limits
-        self._backlogged = waiting > limits.max_udp_backlog
-        over = waiting > self.drop_threshold
-        self._drop_budget = waiting - limits.max_udp_backlog if over else 0
+        """``_follow_backlog`` with what the kernel holds: polled where a full batch cannot
+        read it cheaply (no ``SO_MEMINFO``)."""
+        self._follow_backlog(self.kernel_queues()[0])
+
+    def _plan_batch(self, charge: int, full: bool) -> None:
+        """Decide for a batch of datagrams just read, ``charge`` their bytes as the kernel
+        counted them: a batch that ended short emptied its socket, so it is the whole
+        backlog; behind a full one more waits, read from the kernel (one system call)."""
+        if full:
+            if not self._meminfo:
+                return  # too dear to read per batch: the last /proc poll's decision stands
+            charge += self.kernel_queues()[0]
+        self._follow_backlog(charge)
+
+    def _follow_backlog(self, backlog: int) -> None:
+        """Set what the datagrams read next get from ``backlog``, the bytes of work waiting
+        (module docstring): up to ``max_udp_backlog`` every INVITE is verified; past it a
+        share of the new INVITEs is shed, in proportion to the excess, all of them at
+        ``drop_threshold``; past that the excess over ``max_udp_backlog``, the oldest
+        datagrams, is read and dropped unparsed (counted), so the server answers fresh
+        INVITEs again as soon as the flood ebbs instead of working through requests already
+        retransmitted (RFC 3261 section 17.1.1.2)."""
+        target = self.limits.max_udp_backlog
+        if backlog <= target:
+            self._shed_share = self._shed_credit = 0.0
+            self._drop_budget = 0
+            return
+        threshold = self.drop_threshold
+        if backlog > threshold:
+            # What is left once the excess is dropped is back at the target: verified.
+            self._drop_budget = backlog - target
+            self._shed_share = 0.0
+        else:
+            self._drop_budget = 0
+            self._shed_share = (backlog - target) / (threshold - target)  # threshold > target
 
     def _drop_unread(self, size: int) -> None:
-        """One datagram of the excess backlog dropped without a parse (``_poll_backlog``)."""
+        """One datagram of the excess backlog dropped without a parse (``_follow_backlog``)."""
         self._drop_budget -= size + DATAGRAM_OVERHEAD_BYTES
         self.overload_drops += 1
         self.metrics.dropped.inc((Transport.UDP.value, "overload"))
@@ -483,6 +584,7 @@ class SipVerificationServer:
             f"none {verstat.get('No-TN-Validation', 0)}  "
             f"retrans {stats.retransmissions}  shed {self.shed}  dropped {dropped}  "
             f"overload-dropped {self.overload_drops}  "
+            f"send-dropped {self.send_drops}  "
             f"kernel-dropped {self.kernel_drops()}  "
             f"inflight {self._inflight}"
         )
@@ -529,15 +631,22 @@ class SipVerificationServer:
         link.send(data)
 
     def _shedding(self) -> bool:
-        """No room for a verification whatever it needs: closing, the loop behind (a kernel
-        backlog) or the outputs full. The core then answers a new INVITE 503 straight away."""
+        """No room for a verification whatever it needs: closing, the loop behind (this
+        INVITE's turn in the share of a UDP backlog shed, ``_follow_backlog``) or the outputs
+        full. The core then answers a new INVITE 503 straight away."""
         outputs_full = self._outputs_full
-        return self._closing or self._backlogged or (outputs_full is not None and outputs_full())
+        return (
+            self._closing
+            or self._shed_credit >= 1.0
+            or (outputs_full is not None and outputs_full())
+        )
 
     def _shed(self, job: VerificationJob, link: Link) -> None:
         self._shed_sent(link, self.core.shed(job))
 
     def _shed_sent(self, link: Link, response: bytes) -> None:
+        if self._shed_credit >= 1.0:  # this INVITE took its turn in the backlog's share
+            self._shed_credit -= 1.0
         self.shed += 1
         self.metrics.shed.inc((link.label,))
         self._send(link, response, 503)
@@ -683,47 +792,149 @@ def _peer(address: object) -> Peer:
     return ("", 0)
 
 
-class _SipDatagram(asyncio.DatagramProtocol):
-    """One UDP socket: each datagram is one message (RFC 3261 section 18.1.1), answered to
-    its source (symmetric response routing, RFC 3581)."""
+class _SipDatagram:
+    """One UDP socket, read by the server itself (``loop.add_reader``): each wake-up reads a
+    batch of up to ``UDP_READ_BATCH`` datagrams until the socket would block, has the server
+    decide for the batch from the backlog it shows (``_plan_batch``), then handles them in
+    arrival order. Each datagram is one message (RFC 3261 section 18.1.1), answered to its
+    source (symmetric response routing, RFC 3581) with a direct ``sendto``; answers the
+    kernel refuses (send buffer full) wait in a bounded queue flushed when the socket is
+    writable. ICMP errors reported for earlier answers (peer gone) are counted, nothing to
+    retry."""
 
-    def __init__(self, server: SipVerificationServer) -> None:
+    def __init__(
+        self, server: SipVerificationServer, loop: asyncio.AbstractEventLoop, sock: socket.socket
+    ) -> None:
         self._server = server
-        self._transport: asyncio.DatagramTransport | None = None
-        self._local: Peer = ("", 0)
-        self._links: dict[object, Link] = {}
+        self._loop = loop
+        self._sock = sock
+        self._local = _peer(sock.getsockname())
+        self._links: dict[SockAddr, Link] = {}
+        self._unsent: deque[tuple[bytes, SockAddr]] = deque()
+        self._reading = True
+        self._closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Typed as BaseTransport by asyncio; a datagram endpoint always gets a datagram one.
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._local = _peer(transport.get_extra_info("sockname"))
+    def read_ready(self) -> None:
+        """The socket is readable: read a batch, decide for it, handle it."""
+        server = self._server
+        recvfrom = self._sock.recvfrom
+        batch: list[tuple[bytes, SockAddr]] = []
+        charge = 0
+        full = True
+        for _ in range(UDP_READ_BATCH):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM_BYTES)
+            except BlockingIOError:
+                full = False
+                break
+            except OSError:  # an ICMP error for an earlier answer, reported here
+                self._icmp_error()
+                continue
+            batch.append((data, addr))
+            charge += len(data)
+        server._plan_batch(charge + len(batch) * DATAGRAM_OVERHEAD_BYTES, full)
+        share = server._shed_share
+        links = self._links
+        handle = server.handle
+        for data, addr in batch:
+            if server._drop_budget > 0:  # a flood even 503s cannot keep up with
+                server._drop_unread(len(data))
+                continue
+            # The backlog's share of new INVITEs: one share of credit per INVITE, and one
+            # is shed each time it adds up to a whole (``_shedding``, ``_shed_sent``).
+            if share and server._shed_credit < 1.0 and data.startswith(b"INVITE"):
+                server._shed_credit += share
+            link = links.get(addr)
+            if link is None:
+                link = self._link(addr)
+            handle(data, link)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if self._server._drop_budget > 0:  # a flood even 503s cannot keep up with
-            self._server._drop_unread(len(data))
+    def _link(self, addr: SockAddr) -> Link:
+        links = self._links
+        if len(links) >= MAX_UDP_LINKS:
+            links.clear()
+        link = links[addr] = Link(Transport.UDP, _peer(addr), self._local, partial(self.send, addr))
+        return link
+
+    def send(self, addr: SockAddr, data: bytes) -> None:
+        """Send one answer to ``addr`` now, or queue it behind those the kernel refused (order
+        kept); nothing once closed."""
+        if self._closed:
             return
-        link = self._links.get(addr)
-        if link is None:
-            transport = self._transport
-            if transport is None:
-                return
-            if len(self._links) >= MAX_UDP_LINKS:
-                self._links.clear()
-            link = self._links[addr] = Link(
-                Transport.UDP, _peer(addr), self._local, partial(_send_datagram, transport, addr)
-            )
-        self._server.handle(data, link)
+        if self._unsent:
+            self._queue(data, addr)
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except BlockingIOError:
+            self._queue(data, addr)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:  # no room past the socket (a device queue)
+                self._queue(data, addr)
+            else:
+                self._icmp_error()
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier answers (peer gone): nothing to retry, count them.
+    def _queue(self, data: bytes, addr: SockAddr) -> None:
+        unsent = self._unsent
+        if len(unsent) >= MAX_UDP_SEND_QUEUE:
+            self._send_dropped("send_queue_full")
+            return
+        if not unsent:
+            self._loop.add_writer(self._sock, self._flush)
+        unsent.append((data, addr))
+
+    def _flush(self) -> None:
+        """Send what waits, oldest first, until the kernel refuses again."""
+        unsent = self._unsent
+        sendto = self._sock.sendto
+        while unsent:
+            data, addr = unsent[0]
+            try:
+                sendto(data, addr)
+            except BlockingIOError:
+                return  # still full: flushed again when writable
+            except OSError as exc:
+                # ENOBUFS twice: writability says nothing of a device queue, so waiting for
+                # it would spin; this answer is lost (counted), its request retransmitted.
+                if exc.errno == errno.ENOBUFS:
+                    self._send_dropped("send_no_buffer")
+                else:
+                    self._icmp_error()
+            unsent.popleft()
+        self._loop.remove_writer(self._sock)
+
+    @property
+    def unsent(self) -> int:
+        """Answers queued for the kernel."""
+        return len(self._unsent)
+
+    def stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sock)
+
+    def close(self) -> None:
+        """Stop reading, send what is queued if the kernel takes it (what it refuses is
+        counted as dropped), close the socket."""
+        if self._closed:
+            return
+        self.stop_reading()
+        if self._unsent:
+            self._flush()
+            if self._unsent:
+                self._loop.remove_writer(self._sock)
+                for _ in range(len(self._unsent)):
+                    self._send_dropped("send_queue_full")
+                self._unsent.clear()
+        self._closed = True
+        self._sock.close()
+
+    def _send_dropped(self, reason: str) -> None:
+        self._server.send_drops += 1
+        self._server.metrics.dropped.inc((Transport.UDP.value, reason))
+
+    def _icmp_error(self) -> None:
         self._server.metrics.errors.labels("udp_icmp").inc()
-
-
-def _send_datagram(
-    transport: asyncio.DatagramTransport, addr: tuple[str | object, ...], data: bytes
-) -> None:
-    if not transport.is_closing():
-        transport.sendto(data, addr)
 
 
 class _SipStream(asyncio.Protocol):

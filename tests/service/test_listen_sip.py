@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import math
 import os
 import signal
 import socket
@@ -25,20 +27,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from analyzer.extract import request_from_sip_bytes
 from analyzer.sipanswer import VerificationRecord
 from analyzer.sipserver import SipServerCore
 from analyzer.verifying import build_verifier
 from service.cli import main
 from service.listen_sip import (
+    DATAGRAM_OVERHEAD_BYTES,
     DROP_UDP_BACKLOG_BYTES,
+    MAX_UDP_SEND_QUEUE,
+    UDP_READ_BATCH,
     Answered,
     Endpoint,
     ServerLimits,
     SipVerificationServer,
     Transport,
+    _SipDatagram,
 )
 from service.loop_source import loop_safe, verify_functions
 from service.metrics import Metrics
@@ -90,11 +100,12 @@ def running(
     core: SipServerCore | None = None,
     limits: ServerLimits | None = None,
     delay_s: float = 0.0,
+    loop_delay_s: float = 0.0,
     outputs_full: Callable[[], bool] | None = None,
 ) -> Iterator[Harness]:
     """Start a server on loopback ports; ``delay_s`` slows every pooled verification down.
     A verifier made by ``loop_safe`` also verifies warm calls on the loop (``on_loop`` gets
-    the name of the thread each of those ran on)."""
+    the name of the thread each of those ran on), each slowed by ``loop_delay_s``."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -113,6 +124,8 @@ def running(
         assert cached is not None
         result = cached(request, at)  # WouldBlock: not counted, the pool verifies it
         on_loop.append(threading.current_thread().name)
+        if loop_delay_s:
+            time.sleep(loop_delay_s)
         return result
 
     def record(answered: Answered) -> None:
@@ -564,6 +577,443 @@ def test_udp_flood_past_the_drop_threshold_is_dropped_and_counted(
             sock.sendto(with_branch(base, f"z9hG4bK-after{n}"), h.udp)
             status, n = final_udp(sock)[0].status, n + 1
         assert h.server.overload_drops == dropped
+
+
+OPTIONS_PING = (
+    b"OPTIONS sip:stirscope@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-ping\r\n"
+    b"Max-Forwards: 70\r\nFrom: <sip:sbc@127.0.0.1>;tag=1\r\nTo: <sip:stirscope@127.0.0.1>\r\n"
+    b"Call-ID: ping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def ping(name: str) -> bytes:
+    """An OPTIONS of its own transaction and Call-ID (answered 200 without a verification)."""
+    return with_branch(OPTIONS_PING, f"z9hG4bK-{name}").replace(
+        b"Call-ID: ping", b"Call-ID: " + name.encode()
+    )
+
+
+def test_udp_burst_is_read_in_batches_and_answered_to_each_peer(verifier: Verifier) -> None:
+    """Datagrams waiting when the loop gets to them are read a batch per wake-up (not one
+    each), and every one is answered to the address it came from (RFC 3581)."""
+    peers = 3
+    each = 40  # 120 datagrams: one full batch of 64 and one short one
+    with running(verifier) as h, contextlib.ExitStack() as stack:
+        clients = []
+        for _ in range(peers):
+            client = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(TIMEOUT_S)
+            clients.append(client)
+        batches: list[int] = []
+        plan = h.server._plan_batch
+
+        def counted(charge: int, full: bool) -> None:
+            batches.append(charge)
+            plan(charge, full)
+
+        blocked, release = threading.Event(), threading.Event()
+
+        def block() -> None:
+            h.server._plan_batch = counted  # type: ignore[method-assign]
+            blocked.set()
+            release.wait(TIMEOUT_S)
+
+        h.loop.call_soon_threadsafe(block)
+        assert blocked.wait(TIMEOUT_S)
+        for n in range(each):
+            for p, client in enumerate(clients):
+                client.sendto(ping(f"peer{p}-{n}"), h.udp)
+        time.sleep(0.05)
+        release.set()
+        for p, client in enumerate(clients):
+            call_ids = set()
+            for _ in range(each):
+                response = recv_response(client)
+                assert response.status == 200
+                call_ids.add(response.headers.get("call-id"))
+            assert call_ids == {f"peer{p}-{n}" for n in range(each)}
+        assert len(batches) == math.ceil(peers * each / UDP_READ_BATCH)
+        assert (
+            h.server.metrics.value(
+                "stirscope_sip_requests_total", {"transport": "udp", "method": "OPTIONS"}
+            )
+            == peers * each
+        )
+
+
+def test_udp_flood_above_capacity_is_shed_in_part(sock: socket.socket) -> None:
+    """A burst of INVITEs far above what a slow loop verifies in time: a share of them is
+    shed (503), the rest verified (302), the oldest included (all-or-nothing shedding would
+    shed every INVITE read while the backlog is over the target), and every one is
+    accounted for (answered, shed or counted as dropped)."""
+    count = 120  # ~280 kB as the kernel counts it, under the drop threshold of any host
+    limits = ServerLimits(
+        queue_limit=10_000, max_udp_backlog=32 * 1024, drop_udp_backlog=512 * 1024
+    )
+    with loop_verifier() as chosen, running(chosen, limits=limits, loop_delay_s=0.002) as h:
+        base = fixture_call("charlie_c")
+        sock.sendto(base, h.udp)  # warm: then every call is verified on the (slow) loop
+        final_udp(sock)
+        blocked = threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            time.sleep(0.2)
+
+        h.loop.call_soon_threadsafe(block)
+        assert blocked.wait(TIMEOUT_S)
+        for n in range(count):
+            sock.sendto(with_branch(base, f"z9hG4bK-part{n}"), h.udp)
+        finals: dict[int, int] = {}
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + TIMEOUT_S * 4
+        server = h.server
+        while len(finals) + server.kernel_drops() + server.overload_drops < count:
+            assert time.monotonic() < deadline, (len(finals), server.overload_drops)
+            with contextlib.suppress(TimeoutError):
+                response = recv_response(sock)
+                if response.status >= 200:
+                    finals[int((response.via[0].branch or "").removeprefix("z9hG4bK-part"))] = (
+                        response.status
+                    )
+        statuses = list(finals.values())
+        answered, shed = statuses.count(302), statuses.count(503)
+        assert answered > 0
+        assert shed > 0
+        assert answered + shed + server.overload_drops + server.kernel_drops() == count
+        assert shed == server.shed
+        assert server.answered_on_loop == answered
+        if server.kernel_drops() == server.overload_drops == 0:
+            oldest = [finals[n] for n in range(count // 4)]
+            assert 302 in oldest
+            assert 503 in oldest
+
+
+# -- the UDP reader against a stand-in socket ------------------------------------------------
+
+
+class FakeUdpSocket:
+    """A non-blocking UDP socket stand-in: ``recvfrom`` takes from ``inbox`` then would block;
+    ``sendto`` records into ``sent``, or raises ``error`` while ``refuse`` counts down."""
+
+    def __init__(self, inbox: list[tuple[bytes, tuple[str, int]]] | None = None) -> None:
+        self.inbox = list(inbox or [])
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.refuse = 0
+        self.error: OSError = BlockingIOError(errno.EAGAIN, "would block")
+        self.closed = False
+
+    def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+        if not self.inbox:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return self.inbox.pop(0)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if self.refuse:
+            self.refuse -= 1
+            raise self.error
+        self.sent.append((data, addr))
+        return len(data)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 5060)
+
+    def fileno(self) -> int:
+        return -1 if self.closed else 1000
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeLoop:
+    """The loop calls of the UDP reader: the writer callback registered, if any."""
+
+    def __init__(self) -> None:
+        self.writer: Callable[[], None] | None = None
+        self.reading = True
+
+    def add_writer(self, sock: object, callback: Callable[[], None]) -> None:
+        assert self.writer is None
+        self.writer = callback
+
+    def remove_writer(self, sock: object) -> None:
+        self.writer = None
+
+    def remove_reader(self, sock: object) -> None:
+        self.reading = False
+
+    @property
+    def writing(self) -> bool:
+        return self.writer is not None
+
+    def writable(self) -> None:
+        """The socket became writable: run the writer callback."""
+        assert self.writer is not None
+        self.writer()
+
+
+@pytest.fixture(scope="module")
+def canned(verifier: Verifier) -> VerificationResult:
+    """The verdict on the warm charlie_c call, returned at once by ``loop_free_server``."""
+    return verifier.verify(request_from_sip_bytes(fixture_call("charlie_c")), at=FIXTURE_AT)
+
+
+def loop_free_server(
+    result: VerificationResult, limits: ServerLimits | None = None
+) -> SipVerificationServer:
+    """A server whose every INVITE is verified at once on the caller's thread (no loop)."""
+
+    def verify(request: VerificationRequest, at: datetime) -> VerificationResult:
+        return result
+
+    return SipVerificationServer(
+        SipServerCore(),
+        verify,
+        verify_cached=verify,
+        metrics=Metrics(),
+        limits=limits,
+        clock=lambda: FIXTURE_AT,
+    )
+
+
+def reader_on(server: SipVerificationServer, sock: FakeUdpSocket, loop: FakeLoop) -> _SipDatagram:
+    return _SipDatagram(
+        server, cast(asyncio.AbstractEventLoop, loop), cast(socket.socket, cast(Any, sock))
+    )
+
+
+def statuses_of(sent: list[tuple[bytes, tuple[str, int]]]) -> list[int]:
+    return [int(data.split(b" ", 2)[1]) for data, _ in sent]
+
+
+TARGET = 16 * 1024
+THRESHOLD = 200 * 1024
+KINDS = ("INVITE", "ACK", "OPTIONS")
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=UDP_READ_BATCH),
+    pad=st.lists(st.integers(0, 3000), min_size=UDP_READ_BATCH, max_size=UDP_READ_BATCH),
+    waiting=st.integers(0, 2 * THRESHOLD),
+)
+def test_batch_sheds_and_drops_the_backlogs_share(
+    canned: VerificationResult, kinds: list[str], pad: list[int], waiting: int
+) -> None:
+    """One batch against the policy's definition, with the kernel's backlog read from a
+    stand-in: the backlog is the batch's bytes (each with the kernel's overhead) plus, behind
+    a full batch only, what the kernel holds; past the threshold the oldest datagrams are
+    dropped until the excess over the target is covered; between target and threshold
+    ``floor(n * share)`` of the n INVITEs are shed (give or take one for rounding); all
+    else answered or absorbed, nothing silent."""
+    server = loop_free_server(
+        canned, ServerLimits(max_udp_backlog=TARGET, drop_udp_backlog=THRESHOLD)
+    )
+    reads: list[int] = []
+
+    def kernel_queues() -> tuple[int, int]:
+        reads.append(waiting)
+        return waiting, 0
+
+    server.kernel_queues = kernel_queues  # type: ignore[method-assign]
+    invite = fixture_call("charlie_c")
+    ack = invite.split(b"\r\n\r\n")[0].replace(b"INVITE sip", b"ACK sip", 1) + b"\r\n\r\n"
+    inbox = []
+    for n, kind in enumerate(kinds):
+        base = {"INVITE": invite, "ACK": ack, "OPTIONS": ping(f"o{n}")}[kind]
+        data = with_branch(base, f"z9hG4bK-b{n}")
+        if kind == "INVITE":
+            data = data.replace(
+                b"Content-Length: 166\r\n",
+                b"X-Pad: " + b"p" * pad[n] + b"\r\nContent-Length: 166\r\n",
+            )
+        inbox.append((data, ("192.0.2.1", 5060 + n % 3)))
+    sock = FakeUdpSocket(inbox)
+    reader_on(server, sock, FakeLoop()).read_ready()
+
+    full = len(kinds) == UDP_READ_BATCH
+    charges = [len(data) + DATAGRAM_OVERHEAD_BYTES for data, _ in inbox]
+    backlog = sum(charges) + (waiting if full else 0)
+    assert reads == ([waiting] if full else [])  # a short batch emptied the socket: no read
+    dropped = 0
+    if backlog > THRESHOLD:  # the oldest dropped until the excess is covered
+        excess = backlog - TARGET
+        while dropped < len(charges) and sum(charges[:dropped]) < excess:
+            dropped += 1
+        share = 0.0
+    else:
+        share = max(0.0, (backlog - TARGET) / (THRESHOLD - TARGET))
+    assert server.overload_drops == dropped
+    handled = kinds[dropped:]
+    invites = handled.count("INVITE")
+    statuses = statuses_of(sock.sent)
+    shed = statuses.count(503)
+    assert abs(shed - math.floor(invites * share)) <= 1
+    assert shed <= invites
+    if share == 0.0:
+        assert shed == 0
+    assert statuses.count(302) == invites - shed == server.answered
+    assert statuses.count(200) == handled.count("OPTIONS")
+    assert len(statuses) == invites + handled.count("OPTIONS")  # ACKs get nothing
+    answered_to = {addr for _, addr in sock.sent}
+    assert answered_to <= {addr for _, addr in inbox}
+
+
+def test_without_meminfo_full_batches_keep_the_polled_decision(
+    canned: VerificationResult,
+) -> None:
+    """No SO_MEMINFO (the kernel's backlog only from /proc, polled): a full batch does not
+    read the kernel and keeps the last poll's share; a short one (the socket emptied)
+    decides from its own bytes."""
+    limits = ServerLimits(max_udp_backlog=TARGET, drop_udp_backlog=THRESHOLD)
+    server = loop_free_server(canned, limits)
+    server._meminfo = False
+    reads: list[int] = []
+
+    def kernel_queues() -> tuple[int, int]:
+        reads.append(1)
+        return (TARGET + THRESHOLD) // 2, 0  # the share halfway: every other INVITE shed
+
+    server.kernel_queues = kernel_queues  # type: ignore[method-assign]
+    server._poll_backlog()
+    assert (reads, server._shed_share) == ([1], 0.5)
+    invite = fixture_call("charlie_c")
+    peer = ("192.0.2.1", 5060)
+    inbox = [(with_branch(invite, f"z9hG4bK-p{n}"), peer) for n in range(UDP_READ_BATCH)]
+    sock = FakeUdpSocket(inbox)
+    reader = reader_on(server, sock, FakeLoop())
+    reader.read_ready()  # full: no kernel read, half shed
+    assert reads == [1]
+    assert statuses_of(sock.sent).count(503) == UDP_READ_BATCH // 2
+    sock.sent.clear()
+    sock.inbox = [(with_branch(invite, "z9hG4bK-short"), peer)]
+    reader.read_ready()  # short: its ~2.4 kB are the whole backlog, under the target
+    assert (reads, statuses_of(sock.sent), server._shed_share) == ([1], [302], 0.0)
+
+
+def test_reader_queues_refused_answers_and_flushes_them(canned: VerificationResult) -> None:
+    """Answers the kernel refuses (EAGAIN, ENOBUFS) wait in order and go out when the
+    socket is writable; past the queue's bound they are dropped and counted; a close
+    sends what it can and counts the rest."""
+    server = loop_free_server(canned)
+    loop = FakeLoop()
+    sock = FakeUdpSocket()
+    reader = reader_on(server, sock, loop)
+    peer = ("192.0.2.7", 5070)
+    sock.refuse = 2
+    for n in range(5):
+        reader.send(peer, b"answer%d" % n)
+    assert (sock.sent, reader.unsent, loop.writing) == ([], 5, True)
+    loop.writable()  # writable, but refused once more: still queued, in order
+    assert (sock.sent, reader.unsent) == ([], 5)
+    loop.writable()
+    assert [data for data, _ in sock.sent] == [b"answer%d" % n for n in range(5)]
+    assert {addr for _, addr in sock.sent} == {peer}
+    assert (reader.unsent, loop.writing) == (0, False)
+    sock.sent.clear()
+    sock.refuse, sock.error = 1, OSError(errno.ENOBUFS, "no buffer space")
+    reader.send(peer, b"nobufs")
+    assert reader.unsent == 1
+    sock.refuse = 1  # ENOBUFS again at the flush: lost, counted, no spinning on writability
+    loop.writable()
+    assert (reader.unsent, loop.writing, server.send_drops) == (0, False, 1)
+    sock.refuse, sock.error = 10**6, BlockingIOError(errno.EAGAIN, "would block")
+    for n in range(MAX_UDP_SEND_QUEUE + 10):
+        reader.send(peer, b"x%d" % n)
+    assert (reader.unsent, server.send_drops) == (MAX_UDP_SEND_QUEUE, 11)
+    sock.refuse = 0
+    reader.close()  # the kernel takes them now: all sent before the socket closes
+    assert len(sock.sent) == MAX_UDP_SEND_QUEUE
+    assert (sock.closed, loop.reading) == (True, False)
+    assert (reader.unsent, loop.writing) == (0, False)
+    dropped = server.metrics.value
+    assert (
+        dropped("stirscope_sip_dropped_total", {"transport": "udp", "reason": "send_queue_full"})
+        == 10
+    )
+    assert (
+        dropped("stirscope_sip_dropped_total", {"transport": "udp", "reason": "send_no_buffer"})
+        == 1
+    )
+    reader.send(peer, b"after close")  # nothing once closed
+    assert len(sock.sent) == MAX_UDP_SEND_QUEUE
+
+
+def test_reader_close_counts_what_the_kernel_still_refuses(canned: VerificationResult) -> None:
+    server = loop_free_server(canned)
+    loop = FakeLoop()
+    sock = FakeUdpSocket()
+    reader = reader_on(server, sock, loop)
+    sock.refuse = 10**6
+    for n in range(3):
+        reader.send(("192.0.2.7", 5070), b"a%d" % n)
+    reader.close()
+    assert (sock.sent, server.send_drops, loop.writing, sock.closed) == ([], 3, False, True)
+
+
+def test_reader_counts_icmp_errors(canned: VerificationResult) -> None:
+    """ICMP errors for earlier answers (recvfrom or sendto): counted, the batch goes on."""
+    server = loop_free_server(canned)
+
+    class Refused(FakeUdpSocket):
+        def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+            if len(self.inbox) == 1 and not self.closed:
+                self.closed = True  # once
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+            return super().recvfrom(size)
+
+        def fileno(self) -> int:
+            return 1000
+
+    sock = Refused([(ping("a"), ("192.0.2.1", 5060)), (ping("b"), ("192.0.2.1", 5060))])
+    reader = reader_on(server, sock, FakeLoop())
+    reader.read_ready()
+    assert statuses_of(sock.sent) == [200, 200]
+    sock.refuse, sock.error = 1, ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    reader.send(("192.0.2.1", 5060), b"lost")
+    assert reader.unsent == 0
+    assert server.metrics.value("stirscope_internal_errors_total", {"where": "udp_icmp"}) == 2
+
+
+def test_stop_sends_the_queued_udp_answers(verifier: Verifier, sock: socket.socket) -> None:
+    """An answer the kernel refused while the server stops is still sent before the socket
+    closes (graceful stop), and nothing is counted as dropped."""
+
+    class Refusing:
+        """The server's real socket, whose ``sendto`` refuses ``refuse`` more times."""
+
+        def __init__(self, real: socket.socket) -> None:
+            self.real = real
+            self.refuse = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+            if self.refuse:
+                self.refuse -= 1
+                raise BlockingIOError(errno.EAGAIN, "would block")
+            return self.real.sendto(data, addr)
+
+    with running(verifier, delay_s=0.3) as h:
+        reader = h.server._udp[0]
+        refusing = Refusing(reader._sock)
+        sock.sendto(fixture_call("alpha_a"), h.udp)
+        assert recv_response(sock).status == 100  # cold x5u: 100 Trying at once
+        refusing.refuse = 3  # the 302, and two flushes of it
+        h.loop.call_soon_threadsafe(setattr, reader, "_sock", cast(Any, refusing))
+        stopper = threading.Thread(target=h.stop)
+        stopper.start()
+        response, _ = final_udp(sock)
+        assert response.status == 302
+        stopper.join(TIMEOUT_S)
+        assert refusing.refuse == 0
+        assert h.server.send_drops == 0
+        assert refusing.real.fileno() == -1  # closed after the flush
 
 
 def test_tcp_backpressure_answers_everything(verifier: Verifier, sock: socket.socket) -> None:
