@@ -25,12 +25,14 @@ from fastapi.routing import APIRoute
 from starlette import types as asgi
 from starlette.applications import Starlette
 
-from service.api.metrics import REQUEST_ID_HEADER, Observer
-from service.api.stir import request_headers, verification_now
+from service.api.metrics import REQUEST_ID_HEADER, Observer, usable_request_id
+from service.api.stir import READ_HEADERS, request_headers, verification_now
 
 # Where create_app keeps its HotVerification (an attribute of ``app.state``).
 HOT_ATTRIBUTE = "hot_verification"
 _ID_HEADER = REQUEST_ID_HEADER.encode("latin-1")
+# The route's headers and the client's request id, decoded in one walk of the request's.
+_HOT_HEADERS = READ_HEADERS | {_ID_HEADER}
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -54,16 +56,23 @@ class HotVerification:
         """The response headers (without uvicorn's defaults) and body of a 200, or None when
         the ASGI path must answer (module docstring)."""
         started = time.perf_counter()
+        observer = self.observer
+        read = request_headers(scope, _HOT_HEADERS)
         try:
-            content = verification_now(self.app, request_headers(scope), scope, body)
+            content = verification_now(self.app, read, scope, body, observer.metrics)
         except Exception:  # the ASGI path answers it (and logs what is not ours)
             return None
         if content is None:
             return None
-        observer = self.observer
-        request_id = observer.request_id(scope)
+        # ``observer.request_id(scope)`` and ``observer.finish`` as the middleware calls them
+        # (the route set in the scope), from the headers already decoded.
+        request_id = usable_request_id(read.get(REQUEST_ID_HEADER))
+        if request_id is None:
+            request_id = observer.new_request_id()
         scope["route"] = self.route
-        observer.finish(scope, request_id, 200, time.perf_counter() - started)
+        observer.answered(
+            "POST", self.path, scope["path"], request_id, 200, time.perf_counter() - started
+        )
         headers = [
             (b"content-length", str(len(content)).encode("latin-1")),
             (b"content-type", b"application/json"),

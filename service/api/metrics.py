@@ -6,27 +6,36 @@ that answered it: scrape each worker, or run one worker per port behind the bala
 Certificate cache counters are read from the verifier at scrape time (no double counting).
 
 Per request the middleware counts and times the request and writes the access log line, so it
-keeps that work small: labelled children are looked up once per label set and then kept
-(``labels()`` validates and locks on every call), and the request id, when the client sent
-none, comes from a per-process PRNG seeded once rather than from ``uuid4`` (an ``os.urandom``
-system call per request). The id only correlates log lines and responses; it is not a secret.
+keeps that work small. The counters and histograms are plain numbers (``CountedFamily``,
+``CountedHistogram``) exposed at scrape time as the library's ``Counter`` and ``Histogram``
+would expose them: the library's increment validates, checks observability and takes a lock
+each time (nine calls for one observation), while every count here happens on the event loop
+(the verification pool's results are counted back on the loop) and so does the scrape
+(``/metrics`` is an async route). The request id, when the client sent none, comes from a
+per-process PRNG seeded once rather than from ``uuid4`` (an ``os.urandom`` system call per
+request). The id only correlates log lines and responses; it is not a secret.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import JsonFormatter
+from service.metrics import CountedFamily
 from shaken.verifier import Verifier
 
 access_log = logging.getLogger("stirscope.access")
@@ -61,37 +70,110 @@ MAX_REQUEST_ID_CHARS = 128
 REQUEST_ID_BITS = 128
 
 
+class CountedHistogram(Collector):
+    """A histogram kept as plain numbers and exposed at scrape time exactly as a
+    ``prometheus_client.Histogram`` of the same name, labels, help and buckets would be
+    (``_bucket``, ``_count``, ``_sum`` and ``_created`` per label set, in first-observed order;
+    without labels, its one series from the start). Observed on one thread (module docstring).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        bounds = [float(b) for b in buckets]
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)  # as the library completes them
+        self.bounds = tuple(bounds)
+        self._le = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
+        # Per label set: the count of each bucket (not cumulative), then the sum of the values.
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+        if not self.labelnames:
+            self._add(())
+        registry.register(self)
+
+    def _add(self, key: tuple[str, ...]) -> list[float]:
+        self._created[key] = time.time()  # before the series: a scrape never sees one without
+        series: list[float] = [0] * len(self.bounds)
+        series.append(0.0)
+        self.series[key] = series
+        return series
+
+    def observe(self, key: tuple[str, ...], amount: float) -> None:
+        """Observe ``amount`` for the label values ``key`` (in ``labelnames`` order)."""
+        series = self.series.get(key)
+        if series is None:
+            series = self._add(key)
+        bounds = self.bounds
+        index = bisect_left(bounds, amount)
+        # The library counts it in the first bucket whose bound is not below it; NaN in none.
+        if index < len(bounds) and amount <= bounds[index]:
+            series[index] += 1
+        series[-1] += amount
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self.name, self.documentation, "histogram")
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self.name, self.documentation, "histogram")
+        name, labelnames, created = self.name, self.labelnames, self._created
+        with_created = prometheus_metrics._use_created  # the library's own switch
+        with_sum = self.bounds[0] >= 0
+        for key, series in list(self.series.items()):
+            labels = dict(zip(labelnames, key, strict=True))
+            total = 0.0
+            for le, count in zip(self._le, series, strict=False):  # the sum is not a bucket
+                total += count
+                metric.add_sample(f"{name}_bucket", {**labels, "le": le}, total)
+            metric.add_sample(f"{name}_count", dict(labels), total)
+            if with_sum:
+                metric.add_sample(f"{name}_sum", dict(labels), series[-1])
+            if with_created:
+                metric.add_sample(f"{name}_created", dict(labels), created[key])
+        yield metric
+
+
 class ApiMetrics:
     """The service's metrics in their own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self.requests = CountedFamily(
             "stirscope_http_requests",
             "HTTP requests by method, route template and status",
             ["method", "route", "status"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = CountedHistogram(
             "stirscope_http_request_duration_seconds",
             "HTTP request latency by route template",
             ["route"],
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.verifications = Counter(
+        self.verifications = CountedFamily(
             "stirscope_verifications",
             "Verifications by verstat and first reason (none when passed)",
             ["verstat", "reason"],
             registry=self.registry,
         )
-        self.verification_latency = Histogram(
+        self.verification_latency = CountedHistogram(
             "stirscope_verification_duration_seconds",
             "Time spent in the verifier per request",
-            buckets=LATENCY_BUCKETS,
+            (),
+            LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.signings = Counter(
+        self.signings = CountedFamily(
             "stirscope_signings",
             "Signing requests by outcome",
             ["result"],
@@ -101,37 +183,26 @@ class ApiMetrics:
         self.registry.register(self._cache)
         self._jobs = _JobsCollector()
         self.registry.register(self._jobs)
-        # Labelled children by (metric name, label values); see the module docstring.
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
-        # The request counter's and latency histogram's children by (method, route, status).
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def _child(self, metric: Counter | Histogram, name: str, *values: str) -> Any:
-        key = (name, values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children.setdefault(key, metric.labels(*values))
-        return child
 
     def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered: counter by method/route/status, latency by route."""
-        key = (method, route, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = self._request_children.setdefault(
-                key,
-                (
-                    self._child(self.requests, "requests", method, route, str(status)),
-                    self._child(self.latency, "latency", route),
-                ),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        key = (method, route, str(status))
+        counts = self.requests.counts
+        if key in counts:
+            counts[key] += 1
+        else:
+            self.requests.inc(key)
+        self.latency.observe((route,), seconds)
 
     def count_verification(self, verstat: str, reason: str, seconds: float) -> None:
         """One verification: counter by verstat/reason, time spent in the verifier."""
-        self._child(self.verifications, "verifications", verstat, reason).inc()
-        self.verification_latency.observe(seconds)
+        key = (verstat, reason)
+        counts = self.verifications.counts
+        if key in counts:
+            counts[key] += 1
+        else:
+            self.verifications.inc(key)
+        self.verification_latency.observe((), seconds)
 
     def watch(self, verifier: Verifier | None) -> None:
         """Report this verifier's certificate caches (None: stop reporting)."""
@@ -223,10 +294,14 @@ def _client_request_id(scope: Scope) -> str | None:
     """The client's ``X-RequestID`` when short and printable (ATIS-1000082 correlation)."""
     for name, value in scope.get("headers", ()):
         if name == b"x-requestid":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= MAX_REQUEST_ID_CHARS and text.isprintable():
-                return text
-            break
+            return usable_request_id(value.decode("latin-1"))
+    return None
+
+
+def usable_request_id(text: str | None) -> str | None:
+    """``text`` (the first ``X-RequestID`` of a request, Latin-1) when it may be echoed."""
+    if text is not None and 0 < len(text) <= MAX_REQUEST_ID_CHARS and text.isprintable():
+        return text
     return None
 
 
@@ -244,14 +319,28 @@ class Observer:
         """The client's X-RequestID (when usable) or a new id."""
         return _client_request_id(scope) or f"{self._ids.getrandbits(REQUEST_ID_BITS):032x}"
 
+    def new_request_id(self) -> str:
+        """A new id (the client sent none that is usable)."""
+        return f"{self._ids.getrandbits(REQUEST_ID_BITS):032x}"
+
     def finish(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
         """Count and log one answered request (``scope["route"]`` names its template)."""
         route: Any = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        method = scope.get("method", "")
+        self.answered(
+            scope.get("method", ""),
+            getattr(route, "path", None) or "unmatched",
+            scope.get("path", ""),
+            request_id,
+            status,
+            elapsed,
+        )
+
+    def answered(
+        self, method: str, template: str, path: str, request_id: str, status: int, elapsed: float
+    ) -> None:
+        """``finish`` for a request whose method, route template and path are known."""
         self.metrics.count_request(method, template, status, elapsed)
         if self.access and access_log.isEnabledFor(logging.INFO):
-            path = scope.get("path", "")
             duration_ms = round(elapsed * 1000, 3)
             handler = _plain_json_handler()
             if handler is not None and _write_access_line(
@@ -288,6 +377,7 @@ def _plain_json_handler() -> logging.StreamHandler[Any] | None:
     handler = parent.handlers[0]
     if (
         type(handler) is not logging.StreamHandler
+        or handler.lock is None
         or handler.filters
         or handler.level > logging.INFO
         or type(handler.formatter) is not JsonFormatter
@@ -388,16 +478,18 @@ def _write_access_line(
     """The access line written as the handler would write its record (same bytes,
     ``JsonFormatter.access_line``), without the logging module's per-record work (the
     ``LogRecord``, the logger and handler walk: most of a line's cost). False, nothing
-    written, when that fails: the record then goes the ordinary way (which reports errors)."""
-    formatter = cast(JsonFormatter, handler.formatter)
+    written, when that fails: the record then goes the ordinary way (which reports errors).
+    ``handler`` is a plain ``StreamHandler`` with a lock (``_plain_json_handler``): what its
+    ``handle``, ``emit`` and ``flush`` do is done here, under its lock, without their calls."""
+    formatter = handler.formatter
+    assert isinstance(formatter, JsonFormatter)  # checked by _plain_json_handler
     try:
         line = _access_text(formatter, time.time(), request_id, method, path, status, duration_ms)
-        handler.acquire()
-        try:
-            handler.stream.write(line + handler.terminator)
-            handler.flush()
-        finally:
-            handler.release()
+        with handler.lock:  # type: ignore[union-attr]  # not None: _plain_json_handler
+            stream = handler.stream
+            stream.write(line + handler.terminator)
+            if stream and hasattr(stream, "flush"):
+                stream.flush()
     except Exception:  # the logging path handles and reports it
         return False
     return True

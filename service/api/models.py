@@ -334,15 +334,17 @@ class Readiness(_Out):
 
 def atis_verification(result: VerificationResult) -> dict[str, object]:
     """``verificationResponse`` (ATIS) for a core result. STANDARDS.md section 8.3."""
-    body: dict[str, object] = {"verstat": result.verstat.value}
+    # ``_value_`` is what ``Enum.value`` returns, without the two calls of that property.
+    body: dict[str, object] = {"verstat": result.verstat._value_}
     if not result.passed:
         if result.status_code is not None:
             body["reasoncode"] = result.status_code
         phrase = result.reason_phrase
         if phrase is not None:
             body["reasontext"] = phrase
-    if result.reason is not None:
-        body["reason"] = result.reason.value
+    reason = result.reason
+    if reason is not None:
+        body["reason"] = reason._value_
     best = result.best
     if best is not None and not best.ignored:
         if best.attest is not None:

@@ -32,6 +32,15 @@ class; the parser is still httptools) removes both without changing a byte on th
   is the ASGI path's answer. Pipelined requests keep uvicorn's order: a held request is
   answered before the parser reads the next one, and a request queued behind an unfinished
   one is answered when uvicorn starts it.
+
+Every Python call counts at this rate (tens of thousands of requests a second on one core),
+so the per-request methods of uvicorn's protocol that run for every request --
+``data_received``, ``on_response_complete`` -- are uvicorn's own with their small helpers
+inline, the keep-alive timer is armed once per idle period rather than armed and cancelled
+per request (``_keep_alive_due``), a held request's body is kept without waking a
+``receive`` that does not exist yet, and the transport wrapper passes each transport method
+on by name. The byte-for-byte tests
+against plain uvicorn (tests/service/test_api_protocol.py) hold all of it to uvicorn's answers.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -56,7 +67,10 @@ _INTERPRETED_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"con
 
 class CoalescingTransport:
     """A write transport that gathers the writes of one event-loop turn into one write of
-    ``transport`` (module docstring). Every other attribute is the wrapped transport's."""
+    ``transport`` (module docstring). The rest of ``asyncio.Transport`` is the wrapped
+    transport's, each method passed on by name: a ``__getattr__`` would make every attribute
+    lookup on this object, its own included, go through the slower lookup of a class that
+    has one."""
 
     __slots__ = ("_loop", "_pending", "_transport", "holding")
 
@@ -107,8 +121,32 @@ class CoalescingTransport:
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
 
 
 def _run_now(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -131,6 +169,8 @@ class StirHttpProtocol(HttpToolsProtocol):
     _held: tuple[RequestResponseCycle, Any] | None = None
     # The last default header list seen and its encoded head (None: ``send`` writes it).
     _head: tuple[object, bytes | None] = (None, None)
+    # Loop time of the last answer while the connection has been idle since; None when busy.
+    _idle_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped = CoalescingTransport(transport, self.loop)
@@ -145,10 +185,24 @@ class StirHttpProtocol(HttpToolsProtocol):
             return
         wrapped.holding = True
         try:
-            super().data_received(data)
+            # uvicorn's ``data_received``, but for the keep-alive timer, which it cancels:
+            # here the connection is only marked busy (``_keep_alive_due``).
+            self._idle_since = None
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
         finally:
             wrapped.holding = False
-            wrapped.flush()
+            if wrapped._pending:
+                wrapped.flush()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         hot = self._hot
@@ -167,32 +221,92 @@ class StirHttpProtocol(HttpToolsProtocol):
             # the one before (a deep stack for a long pipeline). Next turn of the loop instead.
             self.loop.call_soon(self._answer, cycle, app)
 
+    # The held request's body and end are kept as uvicorn's ``on_body`` and
+    # ``on_message_complete`` keep them, but for its ``message_event``: only the ASGI task's
+    # ``receive`` waits for that, and the task starts later (``_start_held`` sets it then).
+
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
         held = self._held
-        if held is not None and held[0] is self.cycle and len(self.cycle.body) > self._limit():
+        cycle = self.cycle
+        if held is None or held[0] is not cycle:
+            super().on_body(body)
+            return
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.body += body
+        size = len(cycle.body)
+        if size > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        hot = self._hot
+        assert hot is not None  # a request is held
+        if size > hot.max_body_bytes:
             self._release()  # too large to answer here: the ASGI path answers 413
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
         held = self._held
-        if held is not None and held[0] is self.cycle:
-            self._held = None
-            self._answer(*held)
+        cycle = self.cycle
+        if held is None or held[0] is not cycle:
+            super().on_message_complete()
+            return
+        if not (
+            (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete
+        ):
+            cycle.more_body = False
+        self._held = None
+        self._answer(cycle, held[1])
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with its helpers inline (it runs once per response), but for the
+        # keep-alive timer: see ``_keep_alive_due``.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        flow = self.flow
+        if flow.read_paused:
+            flow.resume_reading()
+        if self.pipeline:
+            self._idle_since = None
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = self.loop.time()
+            if self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self._keep_alive_due
+                )
+
+    def _keep_alive_due(self) -> None:
+        """uvicorn closes a connection ``timeout_keep_alive`` seconds after its last answer
+        unless data came in meanwhile, with a timer armed at every answer and cancelled at
+        every read: two timer operations a request. Here one timer stays armed while the
+        connection is in use, and when it runs it closes the connection if it has been idle
+        that long, else runs again when it would have been (or at the next answer, when a
+        request is being read or answered). ``connection_lost`` cancels it as uvicorn's."""
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:
+            return  # busy: the next answer arms the timer again
+        remaining = since + self.timeout_keep_alive - self.loop.time()
+        if remaining > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def shutdown(self) -> None:
         self._release()  # uvicorn's graceful shutdown waits for tasks, not for held requests
         super().shutdown()
 
-    def _limit(self) -> int:
-        hot = self._hot
-        assert hot is not None
-        return hot.max_body_bytes
-
     def _release(self) -> None:
         held, self._held = self._held, None
         if held is not None:
-            super()._start_asgi_task(*held)
+            self._start_held(*held)
+
+    def _start_held(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Start the ASGI task of a request this protocol answers not, its ``message_event``
+        set as uvicorn's ``on_body`` or ``on_message_complete`` would have left it."""
+        if cycle.body or not cycle.more_body:
+            cycle.message_event.set()
+        super()._start_asgi_task(cycle, app)
 
     def _answer(self, cycle: RequestResponseCycle, app: Any) -> None:
         hot = self._hot
@@ -201,7 +315,7 @@ class StirHttpProtocol(HttpToolsProtocol):
         if not cycle.disconnected and not cycle.flow.write_paused:
             answer = hot.answer(cycle.scope, bytes(cycle.body))  # type: ignore[arg-type]
         if answer is None:
-            super()._start_asgi_task(cycle, app)
+            self._start_held(cycle, app)
             return
         headers, content = answer
         if not self._write_ok(cycle, headers, content):
@@ -253,9 +367,13 @@ class StirHttpProtocol(HttpToolsProtocol):
         cycle.waiting_for_100_continue = False
         cycle.chunked_encoding = False
         cycle.expected_content_length = 0
-        self.transport.write(b"".join(parts))
+        wrapped = self._coalescing
+        if wrapped is not None and wrapped.holding:
+            wrapped._pending.append(b"".join(parts))  # ``write``: flushed by data_received
+        else:
+            self.transport.write(b"".join(parts))
         cycle.response_complete = True
-        cycle.message_event.set()
+        # ``send`` sets ``message_event`` here for the ASGI task's ``receive``: there is none.
         if not keep_alive:
             self.transport.close()
         cycle.on_response()

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
+from json.scanner import make_scanner
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -58,7 +59,7 @@ from service.api.models import (
     plain_atis_request,
     signing_response,
 )
-from service.api.state import ServiceState, app_state, get_state
+from service.api.state import STATE_ATTRIBUTE, ServiceState, app_state, get_state
 from service.loop_source import WouldBlock
 from shaken.result import VerificationResult
 from shaken.signing import identity_header_value, sign_passport
@@ -194,11 +195,16 @@ async def read_body(receive: asgi.Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+# Accept values that ``_accepts_json`` admits at once (one media range, no parameters): most
+# clients send one of these, and its parse is most of the cost of the check.
+_JSON_ACCEPTS = frozenset({"application/json", "*/*", "application/*"})
+
+
 def check_json_request(headers: Mapping[str, str], limit: int) -> None:
     """What the headers alone tell is wrong with a JSON request: a response type the client
     does not accept (406) or a declared body over ``limit`` bytes (413)."""
     accept = headers.get("accept")
-    if not _accepts_json(accept):
+    if accept not in _JSON_ACCEPTS and not _accepts_json(accept):
         raise ApiError(ErrorCode.UNSUPPORTED_RESPONSE_TYPE, accept or "")
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -223,12 +229,35 @@ def json_object(body: bytes, content_type: str) -> dict[str, Any]:
     ):
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, content_type or "(none)")
     try:
-        data = json.loads(body)
+        data = _loads(body)
     except (ValueError, RecursionError) as exc:
         raise ApiError(ErrorCode.PARSE_FAILURE, _short(str(exc))) from None
     if not isinstance(data, dict):
         raise ApiError(ErrorCode.PARSE_FAILURE, "the body is not a JSON object")
     return data
+
+
+# ``json.loads`` of bytes is four Python calls around the C scanner (detect the encoding,
+# decode, skip white space, scan); ``_loads`` calls a scanner made as the default decoder's.
+_SCAN = make_scanner(json.decoder.JSONDecoder())  # type: ignore[arg-type]  # stub: a scanner
+# The white space ``json.loads`` allows around the value (RFC 8259 section 2).
+_JSON_SPACE = " \t\n\r"
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads(body)``. A body that opens with ``{`` (no BOM, two non-NUL first bytes:
+    ``json.detect_encoding`` says UTF-8) whose text is one JSON value and white space is
+    scanned here; anything else, or any error, goes to ``json.loads`` (its value, its error)."""
+    if body[:1] == b"{" and body[1:2] not in (b"", b"\x00"):
+        try:
+            text = body.decode("utf-8", "surrogatepass")
+            value, end = _SCAN(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            pass
+        else:
+            if end == len(text) or not text[end:].strip(_JSON_SPACE):
+                return value
+    return json.loads(body)
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -338,15 +367,15 @@ def verification_json(
 
 
 # The request headers the verification route reads (lower case, as ASGI servers give them).
-_READ_HEADERS = frozenset({b"accept", b"authorization", b"content-length", b"content-type"})
+READ_HEADERS = frozenset({b"accept", b"authorization", b"content-length", b"content-type"})
 
 
-def request_headers(scope: asgi.Scope) -> dict[str, str]:
-    """The headers in ``_READ_HEADERS``, the first of each (as ``Headers.get`` reads them),
-    decoded as Latin-1; the others are not decoded at all."""
+def request_headers(scope: asgi.Scope, names: frozenset[bytes] = READ_HEADERS) -> dict[str, str]:
+    """The headers in ``names`` (by default those the route reads), the first of each (as
+    ``Headers.get`` reads them), decoded as Latin-1; the others are not decoded at all."""
     found: dict[str, str] = {}
     for name, value in scope["headers"]:
-        if name in _READ_HEADERS:
+        if name in names:
             found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
     return found
 
@@ -377,24 +406,27 @@ COLD_SCOPE_KEY = "stirscope.cold"
 def _preamble(state: ServiceState, headers: Mapping[str, str], scope: asgi.Scope) -> Flavour | None:
     """The checks before the body, in the order their errors take precedence: the API key,
     the ``flavour`` query, the media types and the declared length. The asked flavour."""
-    if not state.config.open_verification:
+    config = state.config
+    if not config.open_verification:
         authorize(state.keyring, headers.get("authorization"), Scope.VERIFY)
-    flavour = _flavour(scope.get("query_string", b""))
-    check_json_request(headers, state.config.max_body_bytes)
+    query = scope.get("query_string", b"")
+    flavour = _flavour(query) if query else None
+    check_json_request(headers, config.max_body_bytes)
     return flavour
 
 
 def _answer(
-    app: Starlette,
+    metrics: ApiMetrics,
     result: VerificationResult,
     started: float,
     flavour: Flavour,
     request_id: str | None,
 ) -> bytes:
-    metrics: ApiMetrics = app.state.metrics
+    reason = result.reason
+    # ``_value_`` is what ``Enum.value`` returns, without the two calls of that property.
     metrics.count_verification(
-        result.verstat.value,
-        result.reason.value if result.reason else "none",
+        result.verstat._value_,
+        reason._value_ if reason else "none",
         time.perf_counter() - started,
     )
     return verification_json(result, flavour, request_id)
@@ -417,23 +449,41 @@ async def _verification(
             result = state.verify_cached(core, at)
         except WouldBlock:  # a certificate or CRL to fetch first
             result = await _verify_in_pool(state, core, at)
-    return _answer(app, result, started, flavour or shape, request_id)
+    return _answer(app.state.metrics, result, started, flavour or shape, request_id)
+
+
+def _ready_state(app: Starlette) -> ServiceState:
+    """``app_state(app)``, read where Starlette's ``State`` keeps its attributes (a dict)
+    when it does: ``getattr`` on a ``State`` reaches its ``__getattr__`` only after the
+    ordinary lookup has failed, an exception raised and caught, on every request."""
+    stored = vars(app.state).get("_state")
+    if type(stored) is dict:
+        state = stored.get(STATE_ATTRIBUTE)
+        if isinstance(state, ServiceState) and state.ready:
+            return state
+    return app_state(app)  # and its error
 
 
 def verification_now(
-    app: Starlette, headers: Mapping[str, str], scope: asgi.Scope, body: bytes
+    app: Starlette,
+    headers: Mapping[str, str],
+    scope: asgi.Scope,
+    body: bytes,
+    metrics: ApiMetrics | None = None,
 ) -> bytes | None:
     """The verification route's 200 body for a request whose body has been read, computed
     on the event loop: the same checks, in the same order, as the ASGI path (``ApiError``
     for the first that fails), then the warm-cache verification. None, with
     ``COLD_SCOPE_KEY`` set in ``scope``, when a certificate or CRL must be fetched first
-    (that must not happen on the loop), or when the server verifies in the pool only."""
-    state = app_state(app)
+    (that must not happen on the loop), or when the server verifies in the pool only.
+    ``metrics``: the app's (``app.state.metrics``), when the caller has them at hand."""
+    state = _ready_state(app)
     if state.verify_cached is None:
         return None  # before any work: the ASGI path would do it all again
     flavour = _preamble(state, headers, scope)
-    if len(body) > state.config.max_body_bytes:
-        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(state.config.max_body_bytes))
+    limit = state.config.max_body_bytes
+    if len(body) > limit:
+        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(limit))
     core, shape, request_id = verification_input(json_object(body, headers.get("content-type", "")))
     at = datetime.fromtimestamp(state.config.clock(), UTC)
     started = time.perf_counter()
@@ -442,7 +492,9 @@ def verification_now(
     except WouldBlock:
         scope[COLD_SCOPE_KEY] = True
         return None
-    return _answer(app, result, started, flavour or shape, request_id)
+    if metrics is None:
+        metrics = app.state.metrics
+    return _answer(metrics, result, started, flavour or shape, request_id)
 
 
 async def _verify_in_pool(

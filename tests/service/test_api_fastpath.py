@@ -7,6 +7,8 @@
 * the dict mappers equal the response models' own dump, member order included;
 * the flavour query, duplicate headers and a client gone mid-body read as before;
 * the JSON log time is ``datetime.isoformat``'s to the millisecond, rounding included;
+* the request body's JSON reads as ``json.loads`` reads it, value or error, and the Accept
+  values taken without a parse are ones the parse accepts;
 * ``stirscope serve`` runs on httptools and uvloop.
 """
 
@@ -25,12 +27,15 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.types import Message
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.api import stir
 from service.api.app import create_app
 from service.api.direct import DirectRoutes
+from service.api.errors import ApiError, ErrorCode
 from service.api.models import (
     AtisVerificationResponse,
     AtisVerificationResult,
@@ -42,7 +47,7 @@ from service.api.models import (
     gpp_verification,
 )
 from service.api.protocol import StirHttpProtocol
-from service.api.state import ServiceState
+from service.api.state import ServiceState, app_state
 from service.cmd_serve import UVICORN_HTTP, UVICORN_LOOP
 from service.config import JsonFormatter
 from shaken.errors import phrase_for
@@ -430,3 +435,74 @@ def test_fastapi_endpoint_answers_as_the_direct_path(
     standard = _asgi_call(app, app, body, headers, query)
     assert (standard[0], standard[2]) == (direct[0], direct[2])
     assert standard[1][b"content-type"] == b"application/json"
+
+
+# -- the request body's JSON and Accept header, read without the general machinery ---------
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _loads_outcome(parse: Callable[[bytes], Any], body: bytes) -> tuple[str, Any]:
+    try:
+        return ("value", parse(body))
+    except (ValueError, RecursionError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.text(), _JSON_VALUES, max_size=4).map(
+            lambda v: json.dumps(v, ensure_ascii=False).encode()
+        ),
+        st.binary(max_size=40).map(lambda b: b"{" + b),
+        st.builds(
+            lambda v, pad, tail: json.dumps(v).encode() + pad + tail,
+            st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+            st.sampled_from([b"", b" ", b"\r\n\t ", b"\x0b", b"\xc2\xa0"]),
+            st.sampled_from([b"", b"{}", b"x", b"\xff", b"\x00"]),
+        ),
+        st.sampled_from(
+            [b"", b"{", b"{\x00", b"{}\x00\x00", b'{"a":"\xed\xa0\x80"}', b"\xef\xbb\xbf{}"]
+        ),
+        st.text(max_size=30).map(lambda t: ("{" + t).encode("utf-16-le")),
+    )
+)
+def test_body_json_reads_as_json_loads(body: bytes) -> None:
+    """``stir._loads`` gives what ``json.loads`` gives: the value, or the same error."""
+    assert _loads_outcome(stir._loads, body) == _loads_outcome(json.loads, body)
+
+
+def test_deep_body_json_fails_as_json_loads() -> None:
+    body = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    assert _loads_outcome(stir._loads, body)[0] == _loads_outcome(json.loads, body)[0]
+
+
+@pytest.mark.parametrize("accept", sorted(stir._JSON_ACCEPTS))
+def test_accept_values_taken_at_once_are_accepted(accept: str) -> None:
+    assert stir._accepts_json(accept)
+
+
+def test_ready_state_is_app_state(tmp_path: Path) -> None:
+    """The state read from Starlette's storage is ``app_state``'s, and so is the error."""
+    app = create_app(make_config(tmp_path))
+    with pytest.raises(ApiError) as before:
+        stir._ready_state(app)
+    assert before.value.code is ErrorCode.NOT_READY
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            state = app_state(app)
+            assert stir._ready_state(app) is state
+            state.ready = False
+            with pytest.raises(ApiError) as stopping:
+                stir._ready_state(app)
+            assert stopping.value.code is ErrorCode.NOT_READY
+            state.ready = True
+
+    asyncio.run(run())

@@ -4,7 +4,8 @@ the same bytes for every request, the verification route answered inline when it
 Both protocols are driven in-process over a recording transport, each with its own app (its own
 verifier, cold at first), by the same byte streams: single requests of every kind the route
 answers (passes, failures, each ATIS error, 3GPP, a certificate not cached yet), a body cut
-across reads, pipelined requests, a client expecting 100 Continue, ``Connection: close``.
+across reads, chunked or not, past the size limit or not, pipelined requests, a client
+expecting 100 Continue, ``Connection: close``, bytes that are not HTTP.
 Answers are compared byte for byte except the Date header and generated request ids.
 """
 
@@ -87,6 +88,23 @@ def _request(
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+def _chunked(body: bytes, pieces: int) -> bytes:
+    """A request whose body is sent in ``pieces`` chunks (``Transfer-Encoding: chunked``)."""
+    head = [b"POST " + VERIFY + b" HTTP/1.1", b"Host: stirscope.test"]
+    head.append(b"Content-Type: application/json")
+    head.append(b"Authorization: Bearer " + KEYS["verifier"][0].encode())
+    head.append(b"Transfer-Encoding: chunked")
+    size = -(-len(body) // pieces)
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    return b"\r\n".join(head) + b"\r\n\r\n" + chunks
+
+
+def _thirds(data: bytes) -> list[bytes]:
+    third = len(data) // 3
+    return [data[:third], data[third : 2 * third], data[2 * third :]]
+
+
 def _json(value: object) -> bytes:
     return json.dumps(value).encode()
 
@@ -161,6 +179,10 @@ def _scenarios() -> list[tuple[str, list[bytes], int]]:
         ("pipelined", [_request(atis[0]) + _request(b"{") + _request(atis[2])], 3),
         ("expect-100", [_request(atis[0], extra=[b"Expect: 100-continue"])], 1),
         ("close", [_request(atis[0], extra=[b"Connection: close"])], 1),
+        ("not-http", [b"NOT HTTP\r\n\r\n"], 1),
+        ("chunked", _thirds(_chunked(atis[0], 3)), 1),
+        ("chunked-too-large", _thirds(_chunked(b" " * 70_000 + atis[0], 4)), 1),
+        ("split-too-large", _thirds(_request(b" " * 70_000 + atis[0])), 1),
     ]
 
 
@@ -251,6 +273,52 @@ def test_warm_verifications_are_answered_inline_in_one_write(tmp_path: Path) -> 
     assert _responses(cold.output)[1:] == answers[1:]
     metrics = asyncio.run(_metrics(app))
     assert 'stirscope_http_requests_total{method="POST",route="/stir/v1/verification"' in metrics
+
+
+async def _keep_alive_timeline(app: FastAPI, http: Any) -> list[bool]:
+    """Whether the connection is closed at points of a keep-alive timeout of 0.3 s: 0.2 s
+    after an answer, 0.2 s after a second one (0.4 s after the first), 0.5 s after it; then,
+    on a new connection, 0.6 s after an answer followed by half a request."""
+    config = Config(app=app, http=http, lifespan="off", log_config=None)
+    config.timeout_keep_alive = 0.3  # type: ignore[assignment]  # seconds: any number works
+    config.load()
+    timeline = []
+    for partial in (False, True):
+        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={}
+        )
+        transport = RecordingTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        for answers in (1, 2):
+            protocol.data_received(WARM_UP)
+            while len(_responses(transport.output)) < answers:
+                await asyncio.sleep(0.001)
+            if partial:
+                protocol.data_received(WARM_UP[:40])
+                await asyncio.sleep(0.6)
+                timeline.append(transport.closed)
+                break
+            await asyncio.sleep(0.2)
+            timeline.append(transport.closed)
+        else:
+            await asyncio.sleep(0.3)
+            timeline.append(transport.closed)
+        protocol.connection_lost(None)
+    return timeline
+
+
+def test_idle_connections_close_as_uvicorn_closes_them(tmp_path: Path) -> None:
+    timelines = []
+    for http in ("httptools", StirHttpProtocol):
+        app = create_app(make_config(tmp_path))
+
+        async def run(app: FastAPI = app, http: Any = http) -> list[bool]:
+            async with app.router.lifespan_context(app):
+                await _drive(app, http, [WARM_UP], 1)
+                return await _keep_alive_timeline(app, http)
+
+        timelines.append(asyncio.run(run()))
+    assert timelines[0] == timelines[1] == [False, False, True, False]
 
 
 async def _metrics(app: FastAPI) -> str:
