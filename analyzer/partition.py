@@ -261,12 +261,27 @@ def _pcapng_chain(data: bytes, start: int, layout: CaptureLayout, at_eof: bool) 
     return _Chain.FOUND
 
 
-def balanced_partition_bytes(total_bytes: int, slots: int) -> int:
-    """The partition size for ``total_bytes`` of input on ``slots`` worker slots: enough
+def balanced_partition_bytes(sizes: Sequence[int], slots: int) -> int:
+    """The partition size for inputs of ``sizes`` bytes on ``slots`` worker slots: enough
     partitions for ``PARTITIONS_PER_SLOT`` each, within [``MIN_PARTITION_BYTES``,
-    ``PARTITION_BYTES``]."""
-    target = total_bytes // (max(1, slots) * PARTITIONS_PER_SLOT)
-    return max(MIN_PARTITION_BYTES, min(PARTITION_BYTES, target))
+    ``PARTITION_BYTES``]; then a little smaller where that makes the partitions come in whole
+    rounds of the slots (17 partitions on 2 workers leave one idle for the whole last round;
+    18 slightly smaller ones do not), down to ``MIN_PARTITION_BYTES``."""
+    slots = max(1, slots)
+    target = sum(sizes) // (slots * PARTITIONS_PER_SLOT)
+    size = max(MIN_PARTITION_BYTES, min(PARTITION_BYTES, target))
+    candidate = size
+    while candidate >= MIN_PARTITION_BYTES:
+        if partition_count(sizes, candidate) % slots == 0:
+            return candidate
+        candidate -= max(1, candidate // 64)  # 1.5% smaller each step
+    return size
+
+
+def partition_count(sizes: Sequence[int], part_bytes: int) -> int:
+    """How many partitions ``plan_partitions`` cuts files of ``sizes`` bytes into at
+    ``part_bytes`` (when every file can be split): one per file under two ``part_bytes``."""
+    return sum(size // part_bytes if size >= 2 * part_bytes else 1 for size in sizes)
 
 
 def plan_partitions(

@@ -3,8 +3,10 @@ for byte (also for a call split across two capture files); bad values are usage 
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -168,3 +170,50 @@ def test_small_capture_never_starts_the_cluster(
     monkeypatch.setattr(DaskPoolFactory, "__call__", refuse)
     assert main(["analyze", str(DEMO), *TRUST, "--format", "jsonl", "--cluster", "local:2"]) == 0
     assert capsys.readouterr().out.count("\n") == 13
+
+
+class _Infos:
+    """A client stand-in: only ``scheduler_info`` (worker addresses, unsorted)."""
+
+    def scheduler_info(self, n_workers: int = -1) -> dict[str, Any]:
+        return {"workers": {"tcp://127.0.0.1:9002": {}, "tcp://127.0.0.1:9001": {}}}
+
+
+def test_local_scans_go_round_robin_in_order() -> None:
+    job = cluster_module.PartitionedJob.__new__(cluster_module.PartitionedJob)
+    job.factory = DaskPoolFactory(parse_cluster("local:2"), processes=False)
+    placements = job._placements(_Infos(), 5)
+    assert [p["workers"] for p in placements] == [
+        ["tcp://127.0.0.1:9001"],
+        ["tcp://127.0.0.1:9002"],
+        ["tcp://127.0.0.1:9001"],
+        ["tcp://127.0.0.1:9002"],
+        ["tcp://127.0.0.1:9001"],
+    ]
+    assert all(p["allow_other_workers"] for p in placements)  # a worker that leaves: others
+    assert [p["priority"] for p in placements] == [5, 4, 3, 2, 1]  # each worker in order
+
+
+def test_remote_scans_are_placed_by_dask() -> None:
+    job = cluster_module.PartitionedJob.__new__(cluster_module.PartitionedJob)
+    job.factory = DaskPoolFactory(parse_cluster("tcp://127.0.0.1:8786"))
+    assert job._placements(_Infos(), 3) == [{}, {}, {}]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+def test_input_hash_runs_at_idle_priority() -> None:
+    policies: list[int] = []
+
+    class Recording(io.BytesIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            policies.append(os.sched_getscheduler(0))
+            return super().read(size)
+
+    reader = run_module.HashingReader(Recording(b"x" * 10), "x", owned=True)
+    hasher = cluster_module._InputHasher([reader])
+    hasher.start()
+    hasher.finish(True)
+    assert reader.bytes_read == 10
+    assert policies
+    assert set(policies) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own priority untouched

@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from analyzer import partition
 from analyzer.capture import anomaly_to_json
@@ -480,7 +482,38 @@ def test_cluster_mode_choices(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_partition_size_gives_every_worker_slot_several_partitions() -> None:
     mb = 1 << 20
-    assert partition.balanced_partition_bytes(147 * mb, 2) == 147 * mb // 8  # 8 partitions
-    assert partition.balanced_partition_bytes(10_000 * mb, 2) == partition.PARTITION_BYTES
-    assert partition.balanced_partition_bytes(mb, 2) == partition.MIN_PARTITION_BYTES
-    assert partition.balanced_partition_bytes(100 * mb, 0) == 25 * mb  # no slot seen: one
+    assert partition.balanced_partition_bytes([147 * mb], 2) == 147 * mb // 8  # 8 partitions
+    assert partition.balanced_partition_bytes([10_000 * mb], 2) == partition.PARTITION_BYTES
+    assert partition.balanced_partition_bytes([mb], 2) == partition.MIN_PARTITION_BYTES
+    assert partition.balanced_partition_bytes([100 * mb], 0) == 25 * mb  # no slot seen: one
+
+
+def test_partitions_come_in_whole_rounds_of_the_slots() -> None:
+    # 589 MB at 32 MiB would be 17 partitions: one worker of two idle for the last round.
+    size = partition.balanced_partition_bytes([589_073_374], 2)
+    assert partition.partition_count([589_073_374], size) == 18
+    assert size > partition.PARTITION_BYTES * 0.9
+
+
+@given(
+    sizes=st.lists(st.integers(1, 4 << 30), min_size=1, max_size=12),
+    slots=st.integers(0, 16),
+)
+def test_partition_size_bounds_and_rounds(sizes: list[int], slots: int) -> None:
+    plain = max(
+        partition.MIN_PARTITION_BYTES,
+        min(
+            partition.PARTITION_BYTES, sum(sizes) // (max(1, slots) * partition.PARTITIONS_PER_SLOT)
+        ),
+    )
+    size = partition.balanced_partition_bytes(sizes, slots)
+    assert partition.MIN_PARTITION_BYTES <= size <= plain
+    rounds = partition.partition_count(sizes, size) % max(1, slots) == 0
+    assert rounds or size == plain  # whole rounds, or none found down to the minimum
+
+
+@pytest.mark.parametrize("part_bytes", [1 << 16, 100_000, 3 << 17])
+def test_partition_count_is_what_the_plan_cuts(bench_capture: Path, part_bytes: int) -> None:
+    size = bench_capture.stat().st_size
+    planned = plan_partitions([str(bench_capture)], part_bytes)
+    assert len(planned) == partition.partition_count([size], part_bytes)
