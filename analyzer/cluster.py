@@ -658,7 +658,7 @@ class PartitionedJob(AnalyzeJob):
             {
                 "workers": [workers[index % len(workers)]],
                 "allow_other_workers": True,
-                "priority": count - index,
+                "priority": 2 * (count - index),  # its keys, just after it: one more
             }
             for index in range(count)
         ]
@@ -679,17 +679,24 @@ class PartitionedJob(AnalyzeJob):
         except OSError as exc:
             return f"cannot plan partitions: {exc}"
         verify = self.options.verify_checksums
+        placements = self._placements(client, len(specs))
         futures: list[Any] = [
             client.submit(scan_partition, spec, verify, pure=False, **placement)
-            for spec, placement in zip(specs, self._placements(client, len(specs)), strict=True)
+            for spec, placement in zip(specs, placements, strict=True)
         ]
         pending = {
             client.submit(summary_of, future, pure=False): index
             for index, future in enumerate(futures)
         }
-        # Phase one's keys right behind each scan, on the worker that holds it: the last scan
-        # is followed by its keys at once, not by a round trip through this process first.
-        keys = [client.submit(partition_keys, future, pure=False) for future in futures]
+        # Phase one's keys right behind each scan, on the worker that holds it (ahead of that
+        # worker's next scan where the scans are placed): the last scan is followed by its
+        # keys alone, not by every partition's, nor by a round trip through this process.
+        keys = [
+            client.submit(
+                partition_keys, future, pure=False, priority=placement.get("priority", -1) + 1
+            )
+            for future, placement in zip(futures, placements, strict=True)
+        ]
         found: dict[int, ScanSummary] = {}
         reason: str | None = None
         try:

@@ -191,7 +191,7 @@ def test_local_scans_go_round_robin_in_order() -> None:
         ["tcp://127.0.0.1:9001"],
     ]
     assert all(p["allow_other_workers"] for p in placements)  # a worker that leaves: others
-    assert [p["priority"] for p in placements] == [5, 4, 3, 2, 1]  # each worker in order
+    assert [p["priority"] for p in placements] == [10, 8, 6, 4, 2]  # each worker in order
 
 
 def test_remote_scans_are_placed_by_dask() -> None:
