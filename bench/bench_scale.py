@@ -1,10 +1,13 @@
 """`stirscope analyze --cluster local:1` vs `local:2` (Dask), both cluster modes, same captures.
 
-Reuses ``bench_analyze``'s generator (``BENCH_CALLS`` signed calls with RTP, BYE; generated in
-a temporary directory, or ``BENCH_FILE``) and its child-process timer. Two capture sets: the
-generated file alone (the partitioned run cuts it at record boundaries, ~32 MB a partition),
-and the same records in four rotated files (calls cut across each pair). Rows, side by side
-for each set:
+Reuses ``bench_analyze``'s generator (``BENCH_SCALE_CALLS`` signed calls with RTP, BYE,
+40,000 by default, ~590 MB; generated in a temporary directory, or ``BENCH_FILE``) and its
+child-process timer. Two capture sets: the generated file alone (the partitioned run cuts it at
+record boundaries, up to 32 MB a partition), and the same records in four rotated files (calls
+cut across each pair). A cluster is for captures far larger than one machine reads in a few
+seconds, so the sets are large enough for the cluster's fixed start-up (~0.8 s) to weigh what
+it does on real work; a last row shows the ratio on a quarter of the set (one rotated file),
+where it weighs four times as much. Rows, side by side for each set:
 
 * ``--workers 1``: the single-process baseline (no pool, no cluster);
 * ``verify local:1`` / ``local:2`` (``--cluster-mode verify``): this process reads the captures
@@ -32,16 +35,18 @@ Measurement only: it never fails on a number.
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
 import statistics
 import struct
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -49,9 +54,12 @@ HERE = Path(__file__).resolve().parent
 GOAL_RATIO = 1.7
 # Rotated files of the second capture set.
 FILES = 4
+# Calls of the generated capture: 40,000 (~590 MB) takes a single process ~16 s here.
+SCALE_CALLS = int(os.environ.get("BENCH_SCALE_CALLS", "40000"))
 # The smallest capture of the fixtures, for the start-up row (one record, one unsigned call).
 TINY = ROOT / "fixtures" / "captures" / "udp_le_us.pcap"
 PCAP_HEADER = 24
+T = TypeVar("T")
 
 
 def _bench_analyze() -> ModuleType:
@@ -88,15 +96,15 @@ def main() -> int:
         given = os.environ.get("BENCH_FILE")
         path = Path(given) if given else Path(tmp) / "bench.pcap"
         if given:
-            calls = ba.CALLS
-            print(f"using {path} ({calls} calls assumed, BENCH_CALLS)")
+            calls = SCALE_CALLS
+            print(f"using {path} ({calls} calls assumed, BENCH_SCALE_CALLS)")
         else:
             t0 = time.perf_counter()
-            packets, calls = ba.build(path)
+            packets, calls = _generate(path, SCALE_CALLS)
             print(f"generated {calls} calls, {packets} packets in "
                   f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
         size = path.stat().st_size
-        rotated = _rotate(path, Path(tmp), FILES)
+        rotated = _in_child(_rotate, path, Path(tmp), FILES)
         print(f"capture: {size / 1e6:.1f} MB, and the same in {FILES} files; "
               f"{ba.REPEAT} runs per row (median); {os.cpu_count()} CPUs")  # fmt: skip
         fixtures = ROOT / "fixtures"
@@ -138,7 +146,38 @@ def main() -> int:
                 print(f"{label}, {mode}: local:2 / local:1 {ratio:.2f}x ({verdict} the "
                       f"{GOAL_RATIO}x goal), {net:.2f}x without start-up; local:2 vs single "
                       f"process {single / two.seconds:.2f}x")  # fmt: skip
+        quarter = rotated[0]
+        label = "quarter"
+        print(f"-- a {label}: the first of the {FILES} files ({quarter.stat().st_size / 1e6:.1f} "
+              f"MB, ~{calls // FILES} calls)")  # fmt: skip
+        base = [*command, str(quarter), *options, "--cluster-mode", "partition", "--cluster"]
+        one, two, ratio, net = _alternated(ba, [*base, "local:1"], [*base, "local:2"], startup)
+        ba._row(f"{label}: partition local:1"[:26], one, calls // FILES, quarter.stat().st_size)
+        ba._row(f"{label}: partition local:2"[:26], two, calls // FILES, quarter.stat().st_size)
+        print(f"{label}, partition: local:2 / local:1 {ratio:.2f}x, {net:.2f}x without "
+              "start-up (the same fixed start-up over a quarter of the work)")  # fmt: skip
     return 0
+
+
+def _generate(path: Path, calls: int) -> tuple[int, int]:
+    """``bench_analyze.build`` of ``calls`` calls into ``path``, in a child process (see
+    ``_in_child``): (packets, calls)."""
+    packets, made = _in_child(_build, path, calls)
+    return packets, made
+
+
+def _build(path: Path, calls: int) -> tuple[int, int]:
+    built: tuple[int, int] = _bench_analyze().build(path, calls)
+    return built
+
+
+def _in_child(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a child process (fork): generating 40,000 calls takes ~1 GB and
+    rotating them holds the capture, and a child's peak RSS as ``wait4`` reports it starts
+    from its parent's (Linux keeps the high-water mark across fork and exec), so every row's
+    ``peak MB`` would otherwise be this process's."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def _ceiling(ba: ModuleType, argv: list[str]) -> float:
