@@ -651,7 +651,7 @@ class PartitionedJob(AnalyzeJob):
         differ, and Dask's dynamic placement stays (as it does for a worker that leaves)."""
         if self.factory.spec.scheduler is not None:
             return [{} for _ in range(count)]
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        workers = sorted(client.nthreads())  # the workers' addresses (and their threads)
         if not workers:
             return [{} for _ in range(count)]
         return [

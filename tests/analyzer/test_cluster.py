@@ -173,10 +173,10 @@ def test_small_capture_never_starts_the_cluster(
 
 
 class _Infos:
-    """A client stand-in: only ``scheduler_info`` (worker addresses, unsorted)."""
+    """A client stand-in: only ``nthreads`` (worker addresses, unsorted)."""
 
-    def scheduler_info(self, n_workers: int = -1) -> dict[str, Any]:
-        return {"workers": {"tcp://127.0.0.1:9002": {}, "tcp://127.0.0.1:9001": {}}}
+    def nthreads(self) -> dict[str, int]:
+        return {"tcp://127.0.0.1:9002": 1, "tcp://127.0.0.1:9001": 1}
 
 
 def test_local_scans_go_round_robin_in_order() -> None:
