@@ -260,23 +260,13 @@ def _response_lines(
     to_tag: str | None,
 ) -> list[str]:
     """The start line and header lines of `serialise_message` over `_response_headers`,
-    without Content-Length: the same text, written straight from the copied values (their
-    names are fixed, never a Content-Length) rather than through a list of pairs.
+    without Content-Length: the same text, the copied fields written straight as lines (their
+    names are fixed, never a Content-Length, so only ``extra_headers`` are checked for one).
     RFC 3261 section 8.2.6.2."""
-    fields = response_fields(request)
     lines = [start_line]
-    lines.extend(["Via: " + v for v in fields.via])
-    if fields.from_ is not None:
-        lines.append("From: " + fields.from_)
-    to_value = fields.to
-    if to_value is not None:
-        if status != 100 and to_is_tagged(request) is False:
-            to_value = f"{to_value};tag={to_tag or _derive_to_tag(request, fields)}"
-        lines.append("To: " + to_value)
-    if fields.call_id is not None:
-        lines.append("Call-ID: " + fields.call_id)
-    if fields.cseq is not None:
-        lines.append("CSeq: " + fields.cseq)
+    lines.extend(
+        [f"{name}: {value}" for name, value in _response_headers(request, status, (), to_tag)]
+    )
     for name, value in extra_headers:
         if name.lower() not in _LENGTH_NAMES:  # set from the body, as `serialise_message` does
             lines.append(f"{name}: {value}")
