@@ -50,6 +50,7 @@ from shaken.verifier import VerificationRequest
 from sip import Request, Response, SipParseError, parse_message
 from sip.build import ResponseFields, plain_top_via, response_fields, to_is_tagged
 from sip.defects import SipReason
+from sip.fields import cseq_parts
 from sip.limits import MAX_MESSAGE_BYTES
 
 # RFC 3261 section 17.1.1.1: T1 = 500 ms; an INVITE server transaction that sent a non-2xx
@@ -586,14 +587,10 @@ class SipServerCore:
 def _cseq_method(value: str | None) -> str | None:
     """``request.cseq.method`` for ``value``, the request's first CSeq (`response_fields`),
     None where ``request.cseq`` is None, without building the `CSeq` (the server needs only
-    the method): ``1*DIGIT LWS Method`` as ``sip.fields.parse_cseq_checked`` reads it.
-    RFC 3261 section 20.16."""
-    if value is None:
-        return None
-    parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
-        return None
-    return parts[1]
+    the method; ``cseq_parts`` is the grammar ``parse_cseq_checked`` reads). RFC 3261
+    section 20.16."""
+    parts = None if value is None else cseq_parts(value)
+    return None if parts is None else parts[1]
 
 
 def _info_urls(request: Request) -> list[str]:

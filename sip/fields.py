@@ -100,13 +100,25 @@ class CSeq:
     method: str
 
 
+def cseq_parts(text: str) -> tuple[str, str] | None:
+    """The sequence number (digits) and method of ``1*DIGIT LWS Method``, None when ``text``
+    is not that grammar (the number's size is not checked here: `parse_cseq_checked`).
+
+    RFC 3261 section 20.16.
+    """
+    parts = text.split()
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
+        return None
+    return parts[0], parts[1]
+
+
 def parse_cseq_checked(text: str) -> tuple[CSeq | None, list[Defect]]:
     """Parse ``1*DIGIT LWS Method``; numbers of 2**31 or more are reported.
 
     RFC 3261 section 20.16 and section 8.1.1.5.
     """
-    parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
+    parts = cseq_parts(text)
+    if parts is None:
         return None, [Defect.of(SipReason.INVALID_CSEQ, repr(text))]
     number = int(parts[0]) if len(parts[0]) <= 20 else MAX_CSEQ + 1
     defects = []
