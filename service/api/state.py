@@ -58,8 +58,15 @@ def get_state(request: Request) -> ServiceState:
 
 
 def app_state(app: Starlette) -> ServiceState:
-    """``get_state`` for a plain ASGI route, which has the app (``scope["app"]``), no Request."""
-    state = getattr(app.state, STATE_ATTRIBUTE, None)
+    """``get_state`` for a plain ASGI route, which has the app (``scope["app"]``), no Request.
+    Read where Starlette's ``State`` keeps its attributes (a dict) when it does: ``getattr`` on
+    a ``State`` reaches its ``__getattr__`` only after the ordinary lookup has failed, an
+    exception raised and caught, and this runs on every request."""
+    stored = vars(app.state).get("_state")
+    if type(stored) is dict:
+        state = stored.get(STATE_ATTRIBUTE)
+    else:
+        state = getattr(app.state, STATE_ATTRIBUTE, None)
     if not isinstance(state, ServiceState) or not state.ready:
         raise ApiError(ErrorCode.NOT_READY)
     return state

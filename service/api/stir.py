@@ -59,7 +59,7 @@ from service.api.models import (
     plain_atis_request,
     signing_response,
 )
-from service.api.state import STATE_ATTRIBUTE, ServiceState, app_state, get_state
+from service.api.state import ServiceState, app_state, get_state
 from service.loop_source import WouldBlock
 from shaken.result import VerificationResult
 from shaken.signing import identity_header_value, sign_passport
@@ -452,18 +452,6 @@ async def _verification(
     return _answer(app.state.metrics, result, started, flavour or shape, request_id)
 
 
-def _ready_state(app: Starlette) -> ServiceState:
-    """``app_state(app)``, read where Starlette's ``State`` keeps its attributes (a dict)
-    when it does: ``getattr`` on a ``State`` reaches its ``__getattr__`` only after the
-    ordinary lookup has failed, an exception raised and caught, on every request."""
-    stored = vars(app.state).get("_state")
-    if type(stored) is dict:
-        state = stored.get(STATE_ATTRIBUTE)
-        if isinstance(state, ServiceState) and state.ready:
-            return state
-    return app_state(app)  # and its error
-
-
 def verification_now(
     app: Starlette,
     headers: Mapping[str, str],
@@ -477,7 +465,7 @@ def verification_now(
     ``COLD_SCOPE_KEY`` set in ``scope``, when a certificate or CRL must be fetched first
     (that must not happen on the loop), or when the server verifies in the pool only.
     ``metrics``: the app's (``app.state.metrics``), when the caller has them at hand."""
-    state = _ready_state(app)
+    state = app_state(app)
     if state.verify_cached is None:
         return None  # before any work: the ASGI path would do it all again
     flavour = _preamble(state, headers, scope)

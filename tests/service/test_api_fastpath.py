@@ -47,7 +47,7 @@ from service.api.models import (
     gpp_verification,
 )
 from service.api.protocol import StirHttpProtocol
-from service.api.state import ServiceState, app_state
+from service.api.state import STATE_ATTRIBUTE, ServiceState, app_state
 from service.cmd_serve import UVICORN_HTTP, UVICORN_LOOP
 from service.config import JsonFormatter
 from shaken.errors import phrase_for
@@ -488,20 +488,21 @@ def test_accept_values_taken_at_once_are_accepted(accept: str) -> None:
     assert stir._accepts_json(accept)
 
 
-def test_ready_state_is_app_state(tmp_path: Path) -> None:
-    """The state read from Starlette's storage is ``app_state``'s, and so is the error."""
+def test_app_state_reads_the_stored_state(tmp_path: Path) -> None:
+    """The state ``app_state`` reads from Starlette's storage is the attribute's, and its error
+    is the same before the lifespan and while stopping."""
     app = create_app(make_config(tmp_path))
     with pytest.raises(ApiError) as before:
-        stir._ready_state(app)
+        app_state(app)
     assert before.value.code is ErrorCode.NOT_READY
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
-            state = app_state(app)
-            assert stir._ready_state(app) is state
+            state = getattr(app.state, STATE_ATTRIBUTE)
+            assert app_state(app) is state
             state.ready = False
             with pytest.raises(ApiError) as stopping:
-                stir._ready_state(app)
+                app_state(app)
             assert stopping.value.code is ErrorCode.NOT_READY
             state.ready = True
 
