@@ -64,6 +64,7 @@ LATENCY_BUCKETS = (
 )
 # Correlation header of ATIS-1000082 (STANDARDS.md section 8.1), echoed on every response.
 REQUEST_ID_HEADER = "x-requestid"
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.encode("latin-1")  # as ASGI servers give header names
 # A client's request id is echoed only when short and printable (it goes into logs).
 MAX_REQUEST_ID_CHARS = 128
 # Bits of a generated request id: as many as a UUID's, shown as 32 hex digits like uuid4().hex.
@@ -293,7 +294,7 @@ class _CacheCollector(Collector):
 def _client_request_id(scope: Scope) -> str | None:
     """The client's ``X-RequestID`` when short and printable (ATIS-1000082 correlation)."""
     for name, value in scope.get("headers", ()):
-        if name == b"x-requestid":
+        if name == _REQUEST_ID_NAME:
             return usable_request_id(value.decode("latin-1"))
     return None
 
@@ -317,7 +318,7 @@ class Observer:
 
     def request_id(self, scope: Scope) -> str:
         """The client's X-RequestID (when usable) or a new id."""
-        return _client_request_id(scope) or f"{self._ids.getrandbits(REQUEST_ID_BITS):032x}"
+        return _client_request_id(scope) or self.new_request_id()
 
     def new_request_id(self) -> str:
         """A new id (the client sent none that is usable)."""
