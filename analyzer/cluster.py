@@ -44,6 +44,8 @@ import heapq
 import importlib
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -98,6 +100,7 @@ from analyzer.run import (
     Result,
     assess_chunk,
 )
+from analyzer.spill import SpillOutput
 from analyzer.traceback_replay import ReplayDetector
 from analyzer.verifying import VerifierConfig, build_verifier
 from shaken.verifier import Verifier
@@ -198,14 +201,20 @@ def track_task(
     at_override: datetime | None,
     render: Render | None,
     output: PartOutput | None = None,
+    spill: SpillOutput | None = None,
 ) -> PartTrack:
     """The Dask task of phase two: ``track_partition`` with this worker's verifier (and, with
-    ``output``, the partition's finished calls written to its part here, unrendered)."""
+    ``output``, the partition's finished calls written to its part here, unrendered; with
+    ``spill``, their rendered lines to its spill file)."""
     verifier = _verifier(config)
     if output is not None:
-        render = None
+        render = spill = None
     return track_partition(
-        scan, plan, lambda calls: assess_chunk(verifier, calls, at_override, render), output
+        scan,
+        plan,
+        lambda calls: assess_chunk(verifier, calls, at_override, render),
+        output,
+        spill if render is not None else None,
     )
 
 
@@ -361,6 +370,11 @@ class PartitionedJob(AnalyzeJob):
     partitions' parts (``analyzer.outputdir``) and send back only their digests, marked
     ``WRITTEN``; ``worker_parts`` then lists those parts (None when the workers did not write:
     fallback, merge fallback, or no ``output``), set before the first result.
+    With ``spill_errors`` (the output stream can take spilled lines: ``analyzer.spill``) and
+    workers on this machine, the workers write the rendered lines of the calls they finish to
+    spill files in a temporary directory under ``spill_parent`` (default: the system's) and
+    send back their places; ``spill`` then says where (None when they did not), and
+    ``close`` removes the directory.
     ``partition_bytes`` sets the partition size (default
     ``analyzer.partition.balanced_partition_bytes``), ``cuts`` where to cut given inputs instead
     (nominal offsets per input index, see ``plan_partitions``).
@@ -375,6 +389,8 @@ class PartitionedJob(AnalyzeJob):
         partition_bytes: int | None = None,
         cuts: Mapping[int, Sequence[int]] | None = None,
         output: PartOutput | None = None,
+        spill_errors: str | None = None,
+        spill_parent: str | None = None,
     ) -> None:
         super().__init__(inputs, options, pool=factory)
         self.factory = factory
@@ -387,13 +403,37 @@ class PartitionedJob(AnalyzeJob):
         self.edge_calls = 0
         self.output = output
         self.worker_parts: list[PartFile] | None = None
+        self.spill_errors = spill_errors
+        self.spill_parent = spill_parent
+        self.spill: SpillOutput | None = None
         self._ready: _Scanned | None = None
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            self.factory.close()
+            try:
+                self.factory.close()
+            finally:
+                if self.spill is not None:  # what a reader still has open stays readable
+                    shutil.rmtree(self.spill.directory, ignore_errors=True)
+
+    def _spill_output(self, render: Render | None) -> SpillOutput | None:
+        """Where the workers spill their rendered lines (module ``analyzer.spill``): only
+        workers on this machine see this process's files; None when they send them."""
+        if (
+            self.spill_errors is None
+            or render is None
+            or self.output is not None
+            or self.factory.spec.scheduler is not None
+        ):
+            return None
+        try:
+            directory = tempfile.mkdtemp(prefix=".stirscope-spill-", dir=self.spill_parent)
+        except OSError:
+            return None  # the lines travel as before
+        self.spill = SpillOutput(directory, self.spill_errors)
+        return self.spill
 
     def _results(
         self, render: Render | None, progress: Callable[[int], None] | None
@@ -465,6 +505,7 @@ class PartitionedJob(AnalyzeJob):
             if isinstance(tracking, str):
                 return tracking
             at, config, output = self.options.at_override, self.options.config, self.output
+            spill = self._spill_output(render)
             # Dask runs tasks submitted within its FIFO window (100 ms) in no set order (here
             # last first), while this process takes the results in emission order: the tracks
             # get priorities in that order, and each partition's results, taken off its worker
@@ -480,6 +521,7 @@ class PartitionedJob(AnalyzeJob):
                     at,
                     render,
                     output,
+                    spill,
                     pure=False,
                     priority=last - rank,
                 )

@@ -72,6 +72,7 @@ from analyzer.outputdir import WRITTEN, PartFile, PartOutput
 from analyzer.partscan import PartitionScan, observed, placed
 from analyzer.records import CallRecord
 from analyzer.run import Flagged, Result
+from analyzer.spill import SpillOutput
 from analyzer.traceback_replay import MAX_REMEMBERED, signature_digest
 
 EmitKey = tuple[int, int, int, int, str]
@@ -342,24 +343,34 @@ Assess = Callable[[list[Flagged]], list[Result]]
 
 
 def track_partition(
-    scan: PartitionScan, plan: TrackPlan, assess: Assess, output: PartOutput | None = None
+    scan: PartitionScan,
+    plan: TrackPlan,
+    assess: Assess,
+    output: PartOutput | None = None,
+    spill: SpillOutput | None = None,
 ) -> PartTrack:
     """The worker task of phase two (see the module docstring); ``assess`` verifies and
     renders calls. A pure function of the scan and the plan. With ``output`` (``assess`` then
     returns records, unrendered) the finished calls are written to the partition's own part
     (``part-<rank>``, in emission order) and come back as their digests only
-    (``analyzer.outputdir.WRITTEN``): the records never travel to the main process."""
+    (``analyzer.outputdir.WRITTEN``): the records never travel to the main process. With
+    ``spill`` (``assess`` renders) the rendered lines go to the partition's spill file and come
+    back as their places (``analyzer.spill``)."""
     collecting = gc.isenabled()
     gc.disable()  # many acyclic objects, nothing to collect (as in scan_partition)
     try:
-        return _track(scan, plan, assess, output)
+        return _track(scan, plan, assess, output, spill)
     finally:
         if collecting:
             gc.enable()
 
 
 def _track(
-    scan: PartitionScan, plan: TrackPlan, assess: Assess, output: PartOutput | None
+    scan: PartitionScan,
+    plan: TrackPlan,
+    assess: Assess,
+    output: PartOutput | None,
+    spill: SpillOutput | None,
 ) -> PartTrack:
     tracker = KeyedTracker()
     tracker.resume(plan.now_ns, plan.next_expiry_ns)
@@ -401,6 +412,8 @@ def _track(
         for key, call in zip(tracker.keys, calls, strict=True)
     ]
     part = _write_part(output, plan.rank, entries) if output is not None else None
+    if spill is not None:
+        _spill_lines(spill, plan.rank, entries)
     found = PartEdge(
         tuple(edge), tuple(anomalies), tuple(placed(a, offset, source) for a in scan.tail),
         tracker.stats, tracker.max_open, tracker.evictions, part,
@@ -423,6 +436,25 @@ def _write_part(output: PartOutput, rank: int, entries: list[Entry]) -> PartFile
     if not records:
         return None
     return output.write_part(output.part_name("part", rank), records)
+
+
+def _spill_lines(spill: SpillOutput, rank: int, entries: list[Entry]) -> None:
+    """The rendered lines of ``entries`` written to partition ``rank``'s spill file, each
+    replaced by its place there (in place); no file when there is no line."""
+    at: list[int] = []
+    texts: list[str] = []
+    for index, (_key, value) in enumerate(entries):
+        if isinstance(value, Call):
+            continue  # flagged and verified in the main process, which writes it
+        text = value[1]
+        assert isinstance(text, str), "assess must render when workers spill"
+        at.append(index)
+        texts.append(text)
+    if not texts:
+        return
+    for index, place in zip(at, spill.write(rank, texts), strict=True):
+        key, (digest, _text) = cast(tuple[EmitKey, Result], entries[index])
+        entries[index] = (key, (digest, place))
 
 
 def _repeated(call: Call, repeated: frozenset[int]) -> bool:

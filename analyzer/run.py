@@ -35,6 +35,7 @@ from analyzer.calls import Call, CallTracker, TrackerStats
 from analyzer.capture import AnyAnomaly, MessageReader, ObservedMessage, messages_from_segments
 from analyzer.pcapfile import Source, iter_segments
 from analyzer.records import CallDigest, CallRecord, Summary
+from analyzer.spill import Spilled
 from analyzer.traceback_replay import ReplayDetector, ReplayFlag
 from analyzer.verifying import VerifierConfig, build_verifier
 from shaken.verifier import Verifier
@@ -150,7 +151,9 @@ def open_inputs(names: Sequence[str]) -> list[HashingReader]:
 Render = Callable[[CallRecord], str]
 """Turns a record into output text; applied where the record is made (in workers, so only
 text and a small ``CallDigest`` cross the process boundary). Must be a module-level function."""
-Result = tuple[CallDigest, "CallRecord | str"]
+Result = tuple[CallDigest, "CallRecord | str | Spilled"]
+"""A call's digest and its record, rendered text, or place in a worker's spill file
+(``analyzer.spill``, partitioned cluster mode on this machine)."""
 # A finished call with the run's cross-call replay flag (decided in emission order, here).
 Flagged = tuple[Call, ReplayFlag | None]
 

@@ -48,7 +48,9 @@ default) is ``partition`` for 16 MB of input files or more, else ``verify``. Eit
 records are byte-identical to a single-process run: when the partitions cannot give exactly the
 single-process result (SIP over TCP, captures that overlap in time, a damaged capture, workers
 that cannot read the files), the run uses ``verify`` and says why on stderr and in the summary.
-In ``verify`` mode small captures (up to a few hundred calls) never start the cluster.
+In ``verify`` mode small captures (up to a few hundred calls) never start the cluster. With
+``local:N`` and ``-o``/stdout, the workers hand their rendered lines over through spill files
+copied into the output by the kernel (``analyzer.spill``), not through the cluster's messages.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from analyzer.capture import anomaly_to_json
 from analyzer.manifest import build_manifest
@@ -87,6 +89,7 @@ from analyzer.records import (
 )
 from analyzer.report_html import render_html
 from analyzer.run import AnalyzeJob, AnalyzeOptions, RunStats
+from analyzer.spill import SpillOutput, spillable, write_rendered
 from analyzer.trustload import TrustLoadError
 from service.cmd_verify import UsageError, add_verifier_options, config_from_args, parse_at
 
@@ -286,6 +289,8 @@ def _run(args: argparse.Namespace) -> int:
                     assert isinstance(record, CallRecord)
                     sink(record)
         else:
+            if sink is None and args.format != "html":
+                _offer_spill(args, job, out)
             kept = _write(job, args.format, out, progress, sink)
         if progress is not None:
             progress.done()
@@ -369,6 +374,19 @@ def _write_json(path: Path, document: dict[str, object]) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
+def _offer_spill(args: argparse.Namespace, job: AnalyzeJob, out: TextIO) -> None:
+    """A partitioned cluster run whose workers are on this machine may have them hand the
+    rendered lines over through files (``analyzer.spill``) when ``out`` can take them; the
+    files go beside the output file (the same disk), or to the system's temporary directory."""
+    if args.cluster is None:
+        return
+    from analyzer.cluster import PartitionedJob
+
+    if isinstance(job, PartitionedJob):
+        job.spill_errors = spillable(out)
+        job.spill_parent = os.path.dirname(os.path.abspath(args.output)) if args.output else None
+
+
 def _write(
     job: AnalyzeJob,
     fmt: str,
@@ -401,9 +419,11 @@ def _write(
             out.write(render(item))
             rows += 1
     else:
-        for _digest, text in job.results(render, update):
-            out.write(str(text))
-            rows += 1
+
+        def spill() -> SpillOutput | None:  # where the workers left lines (analyzer.spill)
+            return cast("SpillOutput | None", getattr(job, "spill", None))
+
+        rows = write_rendered(job.results(render, update), out, spill)
     if fmt == "table":
         out.write("(no calls)\n\n" if not rows else "\n")
     return kept
@@ -433,6 +453,7 @@ def _write_parts(
                     sink(item)
                 writer.add(item, jsonl_line(item))
             else:
+                assert isinstance(item, str), "workers that write parts do not spill"
                 writer.add(None, item)
     except BaseException:
         if writer is not None:

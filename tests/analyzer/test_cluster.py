@@ -18,8 +18,10 @@ from analyzer import cluster as cluster_module
 from analyzer import run as run_module
 from analyzer.cluster import ClusterSpec, DaskChunkPool, DaskPoolFactory, parse_cluster
 from analyzer.run import AnalyzeJob, AnalyzeOptions
+from analyzer.spill import SpillOutput
 from analyzer.verifying import VerifierConfig
 from service.cli import main
+from tests.analyzer.conftest import CALLS
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -217,3 +219,37 @@ def test_input_hash_runs_at_idle_priority() -> None:
     assert policies
     assert set(policies) == {os.SCHED_IDLE}
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own priority untouched
+
+
+def test_partitioned_local_run_copies_the_workers_lines_from_spill_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bench_capture: Path
+) -> None:
+    """``-o`` with workers on this machine: the workers' lines come through spill files
+    beside the output (analyzer.spill), the bytes are the single run's (a capture in two
+    files, a partition each), and nothing of the spill directory is left."""
+    first, second = tmp_path / "part1.pcap", tmp_path / "part2.pcap"
+    _split_pcap(bench_capture.read_bytes(), first, second)
+    captures = [str(first), str(second)]
+    single, clustered = tmp_path / "single.jsonl", tmp_path / "out" / "cluster.jsonl"
+    clustered.parent.mkdir()
+    args = [*captures, *TRUST, "--format", "jsonl"]
+    assert main(["analyze", *args, "--workers", "1", "-o", str(single)]) == 0
+    argv = [*args, "--cluster", "local:2", "--cluster-mode", "partition", "-o", str(clustered)]
+    written: list[int] = []
+    copy = SpillOutput.write
+
+    def counting(self: Any, rank: int, texts: Any) -> Any:
+        written.append(len(texts))
+        return copy(self, rank, texts)
+
+    # In-process workers (the spill directory is the same for any worker on this machine).
+    factory = cluster_module.DaskPoolFactory
+    in_process = lambda spec: factory(spec, processes=False)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SpillOutput, "write", counting)
+        patch.setattr(cluster_module, "DaskPoolFactory", in_process)
+        assert main(["analyze", *argv]) == 0
+    capsys.readouterr()
+    assert clustered.read_bytes() == single.read_bytes()
+    assert sum(written) > CALLS // 2  # the workers spilled most lines
+    assert sorted(os.listdir(clustered.parent)) == ["cluster.jsonl", "cluster.jsonl.manifest.json"]

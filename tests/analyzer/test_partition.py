@@ -10,7 +10,9 @@ import io
 import itertools
 import json
 import multiprocessing
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from analyzer.partition import (
 from analyzer.pcapfile import read_records
 from analyzer.records import jsonl_line
 from analyzer.run import AnalyzeJob, AnalyzeOptions
+from analyzer.spill import spillable, write_rendered
 from analyzer.verifying import VerifierConfig
 from service.cli import main
 from tests.analyzer.conftest import CALLS
@@ -84,19 +87,35 @@ def _single(paths: list[Path]) -> tuple[bytes, dict[str, object]]:
 
 
 def _partitioned(
-    paths: list[Path], **kwargs: object
+    paths: list[Path], spill: bool, **kwargs: object
 ) -> tuple[bytes, dict[str, object], PartitionedJob]:
+    """The partitioned run's output; with ``spill``, written as ``analyze`` writes ``-o``
+    (the workers' lines copied from their spill files, ``analyzer.spill``)."""
     factory = DaskPoolFactory(ClusterSpec(local_workers=2), processes=False)
     job = PartitionedJob([str(p) for p in paths], OPTIONS, factory, **kwargs)  # type: ignore[arg-type]
-    text = "".join(str(text) for _digest, text in job.results(jsonl_line))
-    return text.encode(), _facts(job), job
+    if not spill:
+        text = "".join(str(text) for _digest, text in job.results(jsonl_line))
+        return text.encode(), _facts(job), job
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "out.jsonl"
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            job.spill_errors = spillable(out)
+            job.spill_parent = tmp
+            write_rendered(job.results(jsonl_line), out, lambda: job.spill)
+        if job.spill is not None and job.partitions and job.merge_fallback is None:
+            assert not os.path.exists(job.spill.directory)  # removed with the run
+        return path.read_bytes(), _facts(job), job
 
 
-def _same_as_single(paths: list[Path], **kwargs: object) -> PartitionedJob:
+def _same_as_single(paths: list[Path], spill: bool = True, **kwargs: object) -> PartitionedJob:
+    """A partitioned run of ``paths`` gives the single run's bytes, counts and anomalies
+    (by default with the workers' lines spilled, as ``analyze -o`` on a local cluster)."""
     expected, facts = _single(paths)
-    got, got_facts, job = _partitioned(paths, **kwargs)
+    got, got_facts, job = _partitioned(paths, spill, **kwargs)
     assert got == expected
     assert got_facts == facts
+    if spill and job.partitions and job.merge_fallback is None and expected:
+        assert job.spill is not None
     return job
 
 
@@ -119,7 +138,7 @@ def test_split_file_gives_the_single_process_bytes(bench_capture: Path, parts: i
     size = bench_capture.stat().st_size
     specs = plan_partitions([str(bench_capture)], size // parts)
     assert len(specs) == parts
-    job = _same_as_single([bench_capture], partition_bytes=size // parts)
+    job = _same_as_single([bench_capture], spill=parts != 3, partition_bytes=size // parts)
     assert job.partitions == parts
     assert job.fallback is None
     assert job.merge_fallback is None  # the workers tracked their partitions' own calls
