@@ -331,7 +331,8 @@ class CallTracker:
             if len(frames) == 1:
                 call.frame_sources.append(obs.source_file)
             else:
-                call.frame_sources.extend([obs.source_file] * len(frames))
+                # A TCP message straddling two capture files lists each frame's input.
+                call.frame_sources.extend(obs.frame_sources or [obs.source_file] * len(frames))
         else:
             self._truncate_frames(call, obs)
         if call.closing is None:
@@ -384,9 +385,10 @@ class CallTracker:
     @staticmethod
     def _truncate_frames(call: _OpenCall, obs: ObservedMessage) -> None:
         """Keep the frames of ``obs`` that fit under ``MAX_FRAMES_PER_CALL``, mark the rest."""
-        frames = (obs.frames or (obs.frame,))[: max(0, MAX_FRAMES_PER_CALL - len(call.frames))]
+        room = max(0, MAX_FRAMES_PER_CALL - len(call.frames))
+        frames = (obs.frames or (obs.frame,))[:room]
         call.frames.extend(frames)
-        call.frame_sources.extend([obs.source_file] * len(frames))
+        call.frame_sources.extend(obs.frame_source_list[:room] or [obs.source_file] * len(frames))
         call.frames_truncated = True
 
     def _invite(self, call: _OpenCall, obs: ObservedMessage, keys: MessageKeys) -> None:

@@ -7,8 +7,10 @@ carries exactly one SIP message (RFC 3261 section 18.1.1; HEP agents send one pe
 first use (in a worker process, for the INVITEs that get verified), unless the scan declines an
 unusual message, which is then parsed at once. A TCP direction gets a ``sip.StreamFramer``; the
 bytes fed and not yet consumed are mirrored (bounded by one message, like the framer's own
-buffer) together with the frames that carried them, so every message is attributed to exactly
-the frames holding its bytes, and the capture time of the frame that completed it. A chunk
+buffer) together with the frames that carried them and their inputs, so every message is
+attributed to exactly the frames holding its bytes (a connection may continue from one capture
+file into the next: each frame keeps its own input index), and the capture time of the frame
+that completed it. A chunk
 marked ``gap_before`` closes the framer (its partial message is reported) and starts a new one;
 ``end`` closes the direction. Nothing raises: an unparseable payload or stream garbage becomes
 a ``Anomaly`` with its frame number, next to the capture layers' ``Anomaly`` values.
@@ -59,15 +61,18 @@ class ObservedMessage:
     """One SIP message as seen on the wire: the message plus where and when.
 
     ``frame`` is the first frame that carried its bytes and ``frames`` every such frame, in
-    delivery order; ``ts_ns`` is the capture time (integer ns since the epoch) of the packet
-    that completed it. ``transport`` is the inner transport (``udp`` or ``tcp``);
-    ``encapsulation`` is ``"hep"`` when it was unwrapped from HEP. ``keys`` are the call
-    correlation keys; ``message`` is the parsed message, parsed on first use when the value
-    was made by ``scanned`` (the call tracker needs only the keys, and most messages are
-    never looked at again). A value: never changed once made (but for that parse, kept on
-    first use). Not a frozen dataclass only because one is made for every message of a
-    capture, and frozen construction (an ``object.__setattr__`` per field) cost six times a
-    plain one; equality and hashing are a frozen one's. ARCHITECTURE.md section 2.
+    delivery order; ``source_file`` is the input index of ``frame`` and ``frame_sources``,
+    parallel to ``frames``, that of each frame, empty when all are from ``source_file`` (only a
+    TCP message straddling two capture files has frames from two inputs); ``ts_ns`` is the
+    capture time (integer ns since the epoch) of the packet that completed it. ``transport`` is
+    the inner transport (``udp`` or ``tcp``); ``encapsulation`` is ``"hep"`` when it was
+    unwrapped from HEP. ``keys`` are the call correlation keys; ``message`` is the parsed
+    message, parsed on first use when the value was made by ``scanned`` (the call tracker needs
+    only the keys, and most messages are never looked at again). A value: never changed once
+    made (but for that parse, kept on first use). Not a frozen dataclass only because one is
+    made for every message of a capture, and frozen construction (an ``object.__setattr__`` per
+    field) cost six times a plain one; equality and hashing are a frozen one's. ARCHITECTURE.md
+    section 2.
     """
 
     raw: bytes
@@ -82,31 +87,37 @@ class ObservedMessage:
     transport: str
     source_file: int = 0
     encapsulation: str = ""
+    frame_sources: tuple[int, ...] = ()
     _parsed: Request | Response | None = field(default=None, repr=False, compare=False)
 
     def __init__(
         self, message: Request | Response, ts_ns: int, frame: int, frames: tuple[int, ...],
         src: str, sport: int, dst: str, dport: int, transport: str, source_file: int = 0,
-        encapsulation: str = "",
+        encapsulation: str = "", frame_sources: tuple[int, ...] = (),
     ) -> None:  # fmt: skip
         _fill(
             self, message.raw, keys_of(message), ts_ns, frame, frames, src, sport, dst, dport,
-            transport, source_file, encapsulation, message,
+            transport, source_file, encapsulation, frame_sources, message,
         )  # fmt: skip
 
     @classmethod
     def scanned(
         cls, raw: bytes, keys: MessageKeys, ts_ns: int, frame: int, frames: tuple[int, ...],
         src: str, sport: int, dst: str, dport: int, transport: str, source_file: int = 0,
-        encapsulation: str = "",
+        encapsulation: str = "", frame_sources: tuple[int, ...] = (),
     ) -> ObservedMessage:  # fmt: skip
         """A message known by its bytes and keys (``sip.keys.scan_keys``), parsed on demand."""
         obs = _new(cls)
         _fill(
             obs, raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
-            encapsulation, None,
+            encapsulation, frame_sources, None,
         )  # fmt: skip
         return obs
+
+    @property
+    def frame_source_list(self) -> tuple[int, ...]:
+        """The input index of every frame in ``frames`` (parallel to it)."""
+        return self.frame_sources or (self.source_file,) * len(self.frames)
 
     @property
     def message(self) -> Request | Response:
@@ -123,6 +134,7 @@ class ObservedMessage:
         return _scanned, (
             self.raw, self.keys, self.ts_ns, self.frame, self.frames, self.src, self.sport,
             self.dst, self.dport, self.transport, self.source_file, self.encapsulation,
+            self.frame_sources,
         )  # fmt: skip
 
 
@@ -132,18 +144,20 @@ _new = object.__new__
 def _scanned(
     raw: bytes, keys: MessageKeys, ts_ns: int, frame: int, frames: tuple[int, ...], src: str,
     sport: int, dst: str, dport: int, transport: str, source_file: int, encapsulation: str,
+    frame_sources: tuple[int, ...] = (),
 ) -> ObservedMessage:  # fmt: skip
     """``ObservedMessage.scanned`` for unpickling (a module function pickles by name once)."""
     return ObservedMessage.scanned(
         raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, source_file,
-        encapsulation,
+        encapsulation, frame_sources,
     )  # fmt: skip
 
 
 def _fill(
     obs: ObservedMessage, raw: bytes, keys: MessageKeys, ts_ns: int, frame: int,
     frames: tuple[int, ...], src: str, sport: int, dst: str, dport: int, transport: str,
-    source_file: int, encapsulation: str, parsed: Request | Response | None,
+    source_file: int, encapsulation: str, frame_sources: tuple[int, ...],
+    parsed: Request | Response | None,
 ) -> None:  # fmt: skip
     obs.raw = raw
     obs.keys = keys
@@ -157,7 +171,13 @@ def _fill(
     obs.transport = transport
     obs.source_file = source_file
     obs.encapsulation = encapsulation
+    obs.frame_sources = frame_sources
     obs._parsed = parsed
+
+
+# Stream bytes [start, end) with the frames that carried them, the capture time of the chunk,
+# the input of its first frame and the inputs of its frames (empty: all from that input).
+_Span = tuple[int, int, tuple[int, ...], int, int, tuple[int, ...]]
 
 
 @dataclass(slots=True)
@@ -169,7 +189,7 @@ class _Stream:
     base: int = 0  # stream offset of data[0]
     fed: int = 0  # stream offset after the last byte fed
     data: bytearray = field(default_factory=bytearray)
-    spans: deque[tuple[int, int, tuple[int, ...], int]] = field(default_factory=deque)
+    spans: deque[_Span] = field(default_factory=deque)
 
 
 class MessageReader:
@@ -199,7 +219,7 @@ class MessageReader:
             _fill(
                 obs, payload, keys, seg.ts_ns, seg.frame, seg.frames or (seg.frame,), seg.src,
                 seg.sport, seg.dst, seg.dport, transport, seg.source_file, seg.encapsulation,
-                None,
+                seg.frame_sources, None,
             )  # fmt: skip
             return [obs]
         try:
@@ -215,7 +235,7 @@ class MessageReader:
         return [
             ObservedMessage(
                 message, seg.ts_ns, seg.frame, seg.frame_numbers, seg.src, seg.sport, seg.dst,
-                seg.dport, seg.transport, seg.source_file, seg.encapsulation,
+                seg.dport, seg.transport, seg.source_file, seg.encapsulation, seg.frame_sources,
             )
         ]  # fmt: skip
 
@@ -244,7 +264,10 @@ class MessageReader:
             start = stream.fed
             stream.fed += len(seg.payload)
             stream.data += seg.payload
-            stream.spans.append((start, stream.fed, seg.frame_numbers, seg.ts_ns))
+            stream.spans.append(
+                (start, stream.fed, seg.frame_numbers, seg.ts_ns, seg.source_file,
+                 seg.frame_sources)
+            )  # fmt: skip
             cursor = stream.base
             for item in stream.framer.feed(seg.payload):
                 if isinstance(item, FramingError):
@@ -298,19 +321,32 @@ class MessageReader:
         start = stream.base + (found if found >= 0 else max(0, cursor - stream.base))
         end = start + len(raw)
         frames: list[int] = []
+        source = -1  # input of the first span; any other input makes the frames "mixed"
+        mixed = False
         ts_ns = seg.ts_ns
-        for s_start, s_end, s_frames, s_ts in stream.spans:
+        for s_start, s_end, s_frames, s_ts, s_source, s_sources in stream.spans:
             if s_end <= start or s_start >= end:
                 continue
+            if source < 0:
+                source = s_source
+            if s_sources or s_source != source:
+                mixed = True
             for frame in s_frames:
                 if frame not in frames:
                     frames.append(frame)
             ts_ns = s_ts
-        frames = frames or [seg.frame]
+        sources: tuple[int, ...] = ()
+        if mixed:  # a connection continued into the next capture file (rare)
+            frames, sources = _frames_of(stream.spans, start, end)
+            source = sources[0]
+            if sources.count(source) == len(sources):
+                sources = ()
+        elif not frames:
+            frames, source = [seg.frame], seg.source_file
         self.messages += 1
         observed = ObservedMessage(
             message, ts_ns, frames[0], tuple(frames), seg.src, seg.sport, seg.dst, seg.dport,
-            "tcp", seg.source_file,
+            "tcp", source, "", sources,
         )  # fmt: skip
         return observed, end
 
@@ -320,18 +356,35 @@ class MessageReader:
             if not isinstance(err, FramingError):
                 continue
             at = stream.origin + err.stream_offset
-            frame, ts = None, None
-            for s_start, s_end, s_frames, s_ts in stream.spans:
-                if s_start <= at < s_end:
-                    frame, ts = s_frames[0], s_ts
+            frame, ts, source = None, None, source_file
+            span = None
+            for candidate in stream.spans:
+                if candidate[0] <= at < candidate[1]:
+                    span = candidate
                     break
-            if frame is None and stream.spans:
-                frame, ts = stream.spans[-1][2][0], stream.spans[-1][3]
+            if span is None and stream.spans:
+                span = stream.spans[-1]
+            if span is not None:
+                # The span's first frame: its input is the span's (first) input.
+                frame, ts, source = span[2][0], span[3], span[4]
             detail = f"{err.reason.value}: {err.length} bytes" + (
                 f" ({err.detail})" if err.detail else ""
             )
-            out.append(Anomaly(AnomalyKind.SIP_FRAMING, frame, ts, detail, source_file))
+            out.append(Anomaly(AnomalyKind.SIP_FRAMING, frame, ts, detail, source))
         return out
+
+
+def _frames_of(spans: Iterable[_Span], start: int, end: int) -> tuple[list[int], tuple[int, ...]]:
+    """The frames holding stream bytes ``[start, end)`` and the input of each, in delivery
+    order; a frame is told apart by its number and its input (numbers restart in every file)."""
+    seen: list[tuple[int, int]] = []
+    for s_start, s_end, s_frames, _ts, s_source, s_sources in spans:
+        if s_end <= start or s_start >= end:
+            continue
+        for pair in zip(s_frames, s_sources or (s_source,) * len(s_frames), strict=True):
+            if pair not in seen:
+                seen.append(pair)
+    return [frame for frame, _ in seen], tuple(source for _, source in seen)
 
 
 def iter_messages(

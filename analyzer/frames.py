@@ -32,7 +32,10 @@ class Segment:
     the TCP flag bits; on reassembled chunks ``gap_before`` says bytes were lost just before
     this chunk (the consumer must resync its framer) and ``end`` marks the end of the stream
     direction (FIN/RST/expiry). ``encapsulation`` is ``"hep"`` for packets unwrapped from HEP.
-    ``source_file`` is the index of the input file when several captures are merged.
+    ``source_file`` is the index of the input file when several captures are merged (of
+    ``frame`` on reassembled data); ``frame_sources``, parallel to ``frames``, gives the input
+    of each frame when they differ (a TCP connection continued into the next rotated capture)
+    and is empty when every frame is from ``source_file``.
 
     A value, never changed once made; not a frozen dataclass only because one is made for every
     SIP packet of a capture and frozen construction (an ``object.__setattr__`` per field) cost
@@ -56,6 +59,7 @@ class Segment:
     gap_before: bool = False
     end: bool = False
     encapsulation: str = ""
+    frame_sources: tuple[int, ...] = ()
 
     @property
     def frame_numbers(self) -> tuple[int, ...]:

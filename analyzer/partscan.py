@@ -53,7 +53,8 @@ from sip.keys import MessageKeys
 
 MessageTuple = tuple[bytes, MessageKeys, int, int, tuple[int, ...], str, int, str, int, str, str]
 """``(raw, keys, ts_ns, frame, frames, src, sport, dst, dport, transport, encapsulation)``:
-an ``ObservedMessage`` without its input index, cheap to pickle."""
+an ``ObservedMessage`` without its input index, cheap to pickle. Scans stop at SIP over TCP,
+so every frame of a message is from the partition's input (``frame_sources`` stays empty)."""
 ScanItem = MessageTuple | Anomaly
 
 TCP_REASON = "SIP over TCP"

@@ -14,6 +14,10 @@ at FIN/RST, idle expiry or ``flush()``, the missing bytes are given up: one ``tc
 and the next chunk carries ``gap_before=True`` so the consumer (``sip.StreamFramer``) resyncs.
 FIN/RST end a direction (RST both) with an empty ``end=True`` chunk after its last data.
 
+Several inputs: a connection may continue from one capture file into the next (rotated
+captures), so every byte keeps the input index of the frame that carried it, buffered or not;
+chunks list the source of each of their frames and anomalies name the source of their frame.
+
 Memory: at most ``MAX_FLOWS`` directions (least recently active evicted first) and
 ``MAX_BUFFERED_BYTES_TOTAL`` buffered bytes in all; ``IDLE_TIMEOUT_NS`` of capture-time silence
 ends a direction.
@@ -55,7 +59,9 @@ class StreamChunk(NamedTuple):
 
     ``frames`` lists every frame that contributed bytes; ``ts_ns`` is the capture time of the
     segment that made the bytes available; ``gap_before`` says bytes were lost just before;
-    ``end`` marks the end of the direction (``data`` is then empty).
+    ``end`` marks the end of the direction (``data`` is then empty). ``source_file`` is the
+    input index of ``first_frame``; ``frame_sources``, parallel to ``frames``, gives each
+    frame's input and is empty when they all come from ``source_file`` (the common case).
 
     RFC 9293 section 3.10.7.4 (segment arrival, in-order delivery).
     """
@@ -68,16 +74,22 @@ class StreamChunk(NamedTuple):
     gap_before: bool = False
     end: bool = False
     source_file: int = 0
+    frame_sources: tuple[int, ...] = ()
+
+
+# Bytes with the frame that carried them and that frame's input index.
+_Part = tuple[bytes, int, int]
 
 
 @dataclass(slots=True)
 class _Direction:
     next_seq: int
     last_ts: int
-    source_file: int
+    last_source: int  # input index of ``last_frame``
     last_frame: int = 0
     history: bytes = b""
-    buffered: dict[int, tuple[bytes, int, int]] = field(default_factory=dict)  # seq -> data
+    # seq -> (data, frame, ts, input index of frame)
+    buffered: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
     buffered_bytes: int = 0
     fin_seq: int | None = None
     gap_pending: bool = False
@@ -145,6 +157,7 @@ class TcpReassembler:
             self._flows.move_to_end(key)
             d.last_ts = seg.ts_ns
             d.last_frame = seg.frame
+            d.last_source = seg.source_file
             if flags & TCP_SYN and not seg.payload and _rel(seg.seq + 1, d.next_seq) != 0:
                 # A new SYN on a known 4-tuple: a new connection (port reuse).
                 self._end(key, d, seg, out, "connection restarted")
@@ -153,7 +166,7 @@ class TcpReassembler:
                 )
         seq = (seg.seq + 1) % SEQ_MOD if flags & TCP_SYN else seg.seq
         if seg.payload:
-            self._data(key, d, seq, seg.payload, seg.frame, seg.ts_ns, out)
+            self._data(key, d, seq, seg.payload, seg.frame, seg.source_file, seg.ts_ns, out)
         if flags & TCP_FIN:
             d.fin_seq = (seq + len(seg.payload)) % SEQ_MOD
         if flags & TCP_RST:
@@ -183,6 +196,7 @@ class TcpReassembler:
         seq: int,
         data: bytes,
         frame: int,
+        source: int,
         ts: int,
         out: list[StreamChunk],
     ) -> None:
@@ -190,19 +204,21 @@ class TcpReassembler:
         if rel > MAX_SEQ_JUMP or rel < -MAX_SEQ_JUMP:
             # Not plausibly the same byte stream: resynchronise on this segment.
             if d.buffered:
-                self._gap(key, d, None, out, "stream resynchronised", frame, ts)
-            self._report_gap(d, frame, ts, f"sequence jumped by {rel} in {key}")
+                self._gap(key, d, None, out, "stream resynchronised", frame, ts, source)
+            self._report_gap(frame, ts, source, f"sequence jumped by {rel} in {key}")
             d.next_seq, d.history, d.gap_pending, rel = seq, b"", True, 0
         if rel > 0:
-            self._buffer(key, d, seq, data, frame, ts, out)
+            self._buffer(key, d, seq, data, frame, source, ts, out)
             return
         if rel < 0:
-            data = self._trim_old(d, -rel, data, frame, ts)
+            data = self._trim_old(d, -rel, data, frame, source, ts)
             if not data:
                 return
-        self._deliver(key, d, [(data, frame)], ts, out)
+        self._deliver(key, d, [(data, frame, source)], ts, out)
 
-    def _trim_old(self, d: _Direction, old: int, data: bytes, frame: int, ts: int) -> bytes:
+    def _trim_old(
+        self, d: _Direction, old: int, data: bytes, frame: int, source: int, ts: int
+    ) -> bytes:
         """Drop the ``old`` leading bytes already delivered, checking them against history."""
         overlap = min(old, len(data))
         hist_start = len(d.history) - old
@@ -213,7 +229,7 @@ class TcpReassembler:
                 self.anomalies.append(
                     Anomaly(AnomalyKind.TCP_RETRANSMISSION_CONFLICT, frame, ts,
                             "retransmitted bytes differ from the first copy (first kept)",
-                            d.source_file)
+                            source)
                 )  # fmt: skip
         return data[overlap:]
 
@@ -224,6 +240,7 @@ class TcpReassembler:
         seq: int,
         data: bytes,
         frame: int,
+        source: int,
         ts: int,
         out: list[StreamChunk],
     ) -> None:
@@ -234,35 +251,36 @@ class TcpReassembler:
                 d.conflict_reported = True
                 self.anomalies.append(
                     Anomaly(AnomalyKind.TCP_RETRANSMISSION_CONFLICT, frame, ts,
-                            "out-of-order copies differ (first kept)", d.source_file)
+                            "out-of-order copies differ (first kept)", source)
                 )  # fmt: skip
             if len(data) <= len(held[0]):
                 return
             data = held[0] + data[len(held[0]) :]
             self._buffered_total -= len(held[0])
             d.buffered_bytes -= len(held[0])
-            frame = held[1]
-        d.buffered[seq] = (data, frame, ts)
+            frame, source = held[1], held[3]
+        d.buffered[seq] = (data, frame, ts, source)
         d.buffered_bytes += len(data)
         self._buffered_total += len(data)
         if d.buffered_bytes > self.max_buffered_per_flow or len(d.buffered) > MAX_BUFFERED_SEGMENTS:
-            self._gap(key, d, None, out, "out-of-order buffer full", frame, ts)
+            self._gap(key, d, None, out, "out-of-order buffer full", frame, ts, source)
         while self._buffered_total > MAX_BUFFERED_BYTES_TOTAL:
             victim = next((k for k, v in self._flows.items() if v.buffered), None)
             if victim is None:
                 break
-            self._gap(victim, self._flows[victim], None, out, "reassembly memory full", frame, ts)
+            victim_d = self._flows[victim]
+            self._gap(victim, victim_d, None, out, "reassembly memory full", frame, ts, source)
 
     def _deliver(
         self,
         key: FlowKey,
         d: _Direction,
-        parts: list[tuple[bytes, int]],
+        parts: list[_Part],
         ts: int,
         out: list[StreamChunk],
     ) -> None:
         """Deliver ``parts`` at ``next_seq`` plus whatever buffered data becomes contiguous."""
-        d.next_seq = (d.next_seq + sum(len(p) for p, _ in parts)) % SEQ_MOD
+        d.next_seq = (d.next_seq + sum(len(p) for p, _, _ in parts)) % SEQ_MOD
         if d.buffered:
             # One ordered pass: delivering only moves next_seq forward, so the order holds.
             base = d.next_seq
@@ -270,37 +288,47 @@ class TcpReassembler:
                 rel = _rel(bseq, d.next_seq)
                 if rel > 0:
                     break
-                bdata, bframe, _bts = d.buffered.pop(bseq)
+                bdata, bframe, _bts, bsource = d.buffered.pop(bseq)
                 d.buffered_bytes -= len(bdata)
                 self._buffered_total -= len(bdata)
                 if rel < 0:
-                    bdata = self._trim_old_buffered(d, parts, -rel, bdata, bframe, ts)
+                    bdata = self._trim_old_buffered(d, parts, -rel, bdata, bframe, bsource, ts)
                 if bdata:
-                    parts.append((bdata, bframe))
+                    parts.append((bdata, bframe, bsource))
                     d.next_seq = (d.next_seq + len(bdata)) % SEQ_MOD
-        data = parts[0][0] if len(parts) == 1 else b"".join(p for p, _ in parts)
-        frames: list[int] = []
-        for _, fr in parts:
-            if not frames or frames[-1] != fr:
-                frames.append(fr)
-        d.history = (d.history + data)[-HISTORY_BYTES:]
         gap, d.gap_pending = d.gap_pending, False
-        out.append(StreamChunk(key, data, frames[0], ts, tuple(frames), gap, False, d.source_file))
+        if len(parts) == 1:  # the common case: one segment, one frame
+            data, frame, source = parts[0]
+            d.history = (d.history + data)[-HISTORY_BYTES:]
+            out.append(StreamChunk(key, data, frame, ts, (frame,), gap, False, source))
+            return
+        data = b"".join(p for p, _, _ in parts)
+        frames: list[int] = []
+        sources: list[int] = []
+        for _, fr, src in parts:
+            if not frames or frames[-1] != fr or sources[-1] != src:
+                frames.append(fr)
+                sources.append(src)
+        first = sources[0]
+        mixed = tuple(sources) if sources.count(first) != len(sources) else ()
+        d.history = (d.history + data)[-HISTORY_BYTES:]
+        out.append(StreamChunk(key, data, frames[0], ts, tuple(frames), gap, False, first, mixed))
 
     def _trim_old_buffered(
         self,
         d: _Direction,
-        parts: list[tuple[bytes, int]],
+        parts: list[_Part],
         old: int,
         data: bytes,
         frame: int,
+        source: int,
         ts: int,
     ) -> bytes:
         """Like ``_trim_old`` but the overlap may still be in ``parts`` (not yet in history)."""
         saved = d.history
-        d.history = (d.history + b"".join(p for p, _ in parts))[-HISTORY_BYTES:]
+        d.history = (d.history + b"".join(p for p, _, _ in parts))[-HISTORY_BYTES:]
         try:
-            return self._trim_old(d, old, data, frame, ts)
+            return self._trim_old(d, old, data, frame, source, ts)
         finally:
             d.history = saved
 
@@ -313,25 +341,32 @@ class TcpReassembler:
         why: str,
         frame: int | None = None,
         ts: int | None = None,
+        source: int | None = None,
     ) -> None:
-        """Give up the hole before the earliest buffered byte and deliver what follows."""
+        """Give up the hole before the earliest buffered byte and deliver what follows.
+
+        The anomaly names ``seg`` or else ``frame`` (of input ``source``); with neither, the
+        direction's last frame's input.
+        """
         if seg is not None:
-            frame, ts = seg.frame, seg.ts_ns
+            frame, ts, source = seg.frame, seg.ts_ns, seg.source_file
         if not d.buffered:
             return
+        if source is None:
+            source = d.last_source
         first = min(d.buffered, key=lambda s: _rel(s, d.next_seq))
         missing = _rel(first, d.next_seq)
-        self._report_gap(d, frame, ts, f"{why}: {max(missing, 0)} bytes missing in {key}")
+        self._report_gap(frame, ts, source, f"{why}: {max(missing, 0)} bytes missing in {key}")
         d.next_seq, d.history, d.gap_pending = first, b"", True
-        bdata, bframe, bts = d.buffered.pop(first)
+        bdata, bframe, bts, bsource = d.buffered.pop(first)
         d.buffered_bytes -= len(bdata)
         self._buffered_total -= len(bdata)
-        self._deliver(key, d, [(bdata, bframe)], bts if ts is None else ts, out)
+        self._deliver(key, d, [(bdata, bframe, bsource)], bts if ts is None else ts, out)
         if d.buffered:  # more holes behind: give them up too
-            self._gap(key, d, seg, out, why, frame, ts)
+            self._gap(key, d, seg, out, why, frame, ts, source)
 
-    def _report_gap(self, d: _Direction, frame: int | None, ts: int | None, detail: str) -> None:
-        self.anomalies.append(Anomaly(AnomalyKind.TCP_GAP, frame, ts, detail, d.source_file))
+    def _report_gap(self, frame: int | None, ts: int | None, source: int, detail: str) -> None:
+        self.anomalies.append(Anomaly(AnomalyKind.TCP_GAP, frame, ts, detail, source))
 
     def _end(
         self,
@@ -345,9 +380,11 @@ class TcpReassembler:
             self._gap(key, d, seg, out, why)
         self._flows.pop(key, None)
         self._buffered_total -= d.buffered_bytes
-        frame = seg.frame if seg is not None else d.last_frame
-        ts = seg.ts_ns if seg is not None else d.last_ts
-        out.append(StreamChunk(key, b"", frame, ts, (), False, True, d.source_file))
+        if seg is not None:
+            frame, ts, source = seg.frame, seg.ts_ns, seg.source_file
+        else:
+            frame, ts, source = d.last_frame, d.last_ts, d.last_source
+        out.append(StreamChunk(key, b"", frame, ts, (), False, True, source))
 
     def _close(self, key: FlowKey, reverse: FlowKey, seg: Segment, out: list[StreamChunk]) -> None:
         """RST: end both directions, giving up any hole."""
