@@ -173,23 +173,37 @@ def _inet_checksum(chunks: tuple[bytes, ...]) -> int:
 class LinkDecoder:
     """Decode captured frames into ``Segment`` / ``Fragment`` values, filtering non-SIP early.
 
-    State: the TCP connection classification (SIP / TLS / pending) and the link types already
-    reported unknown. ``verify_checksums`` checks UDP/TCP checksums of passing packets and
+    State: the TCP connection classification (SIP / TLS / pending; shared between the
+    decoders of the files of one run, ``connections``) and the link types already reported
+    unknown. ``verify_checksums`` checks UDP/TCP checksums of passing packets and
     reports ``bad_checksum`` (off by default: captures taken on the sending host carry
     offloaded, unfilled checksums); the packet is passed either way.
 
     RFC 791 section 3.1, RFC 8200 sections 3-4, RFC 768, RFC 9293 section 3.1.
     """
 
-    def __init__(self, *, source_file: int = 0, verify_checksums: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        source_file: int = 0,
+        verify_checksums: bool = False,
+        connections: LinkDecoder | None = None,
+    ) -> None:
         self.source_file = source_file
         self.verify_checksums = verify_checksums
         self.anomalies: list[Anomaly] = []
         self.released: list[Segment] = []
         self.tls_flows = 0
-        self._sip: dict[ConnKey, None] = {}
-        self._tls: dict[ConnKey, None] = {}
-        self._pending: dict[ConnKey, list[Segment]] = {}
+        # The TCP connections' classification, shared with ``connections`` when given (the
+        # decoder of an earlier file of the same capture: a connection that continues into
+        # this file is SIP, TLS or pending as it was there).
+        if connections is None:
+            self._sip: dict[ConnKey, None] = {}
+            self._tls: dict[ConnKey, None] = {}
+            self._pending: dict[ConnKey, list[Segment]] = {}
+        else:
+            self._sip, self._tls = connections._sip, connections._tls
+            self._pending = connections._pending
         self._unknown_links: set[int] = set()
         self._addr_cache: dict[bytes, tuple[str, str]] = {}
 

@@ -334,12 +334,20 @@ def iter_segments(
 
 
 class _Pipeline:
-    """The glue of ``iter_segments``: one decoder and defragmenter per input, shared TCP."""
+    """The glue of ``iter_segments``: one decoder and defragmenter per input, shared TCP
+    (the connections' classification and their reassembly)."""
 
     def __init__(self, readers: list[CaptureReader], verify: bool, unwrap_hep: bool) -> None:
         self.readers = readers
         indexes = range(len(readers))
-        self.decoders = [LinkDecoder(source_file=i, verify_checksums=verify) for i in indexes]
+        # One decoder per input (its frames, its anomalies), all sharing the TCP connections'
+        # classification: a connection found to carry SIP in one file continues into the next.
+        self.decoders: list[LinkDecoder] = []
+        for i in indexes:
+            shared = self.decoders[0] if self.decoders else None
+            self.decoders.append(
+                LinkDecoder(source_file=i, verify_checksums=verify, connections=shared)
+            )
         self.defrags = [Defragmenter(source_file=i) for i in indexes]
         self.tcp = TcpReassembler()
         self.unwrap_hep = unwrap_hep

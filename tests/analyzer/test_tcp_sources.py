@@ -263,3 +263,29 @@ def test_pipeline_segments_carry_frame_sources(rotated: tuple[Path, Path]) -> No
     assert mixed == [((2, 6), 1, (1, 0))]  # INVITE 3: head from file 1 releases its tail
     gaps = [a for a in items if isinstance(a, Anomaly) and a.kind is AnomalyKind.TCP_GAP]
     assert [(a.frame, a.source_file) for a in gaps] == [(7, 1)]
+
+
+def test_a_connection_known_as_sip_stays_sip_in_the_next_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The next file holds only the tail of a message (no ``SIP/2.0`` in it): the connection
+    was classified in the file before, so the tail passes and the message completes, credited
+    to both files."""
+    inv1, inv2 = _sip("INVITE", 1), _sip("INVITE", 2, 400)
+    psh = gen.TCP_PSH | gen.TCP_ACK
+    at2 = ISN + 1 + len(inv1)
+    tail = inv2[-200:]
+    assert b"SIP/2.0" not in tail
+    first = [
+        _packet(True, ISN, gen.TCP_SYN, b""),
+        _packet(True, ISN + 1, psh, inv1),
+        _packet(True, at2, psh, inv2[:-200]),
+    ]
+    second = [_packet(True, at2 + len(inv2) - 200, psh, tail)]
+    (tmp_path / "a.pcap").write_bytes(_pcap(first, T0))
+    (tmp_path / "b.pcap").write_bytes(_pcap(second, T0 + gen.NS))
+    out = _analyze(capsys, str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap"), "--format", "jsonl")
+    records = {r["call_id"].split("@")[0]: r for r in map(json.loads, out.splitlines())}
+    assert set(records) == {"call-1", "call-2"}
+    call2 = records["call-2"]
+    assert list(zip(call2["frames"], call2["frame_sources"], strict=True)) == [(3, 0), (1, 1)]
