@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.config import JsonFormatter
+from service.config import JsonFormatter, LineBatchingHandler
 from service.metrics import CountedFamily
 from shaken.verifier import Verifier
 
@@ -359,8 +359,9 @@ class Observer:
 
 def _plain_json_handler() -> logging.StreamHandler[Any] | None:
     """The one handler an access record reaches when logging is set up as ``serve`` sets it up
-    (``service.config.logging_config``: no filters, the ``stirscope`` logger's stream handler
-    with the JSON formatter), else None. Checked per request: a reconfiguration is seen."""
+    (``service.config.logging_config``: no filters, the ``stirscope`` logger's stream handler,
+    a ``LineBatchingHandler`` or a plain ``StreamHandler``, with the JSON formatter), else
+    None. Checked per request: a reconfiguration is seen."""
     logger = access_log
     parent = logger.parent
     if (
@@ -377,7 +378,8 @@ def _plain_json_handler() -> logging.StreamHandler[Any] | None:
         return None
     handler = parent.handlers[0]
     if (
-        type(handler) is not logging.StreamHandler
+        not isinstance(handler, logging.StreamHandler)
+        or (type(handler) is not LineBatchingHandler and type(handler) is not logging.StreamHandler)
         or handler.lock is None
         or handler.filters
         or handler.level > logging.INFO
@@ -439,7 +441,8 @@ def _access_text(
         and type(duration_ms) is float
     ):
         text = (
-            f"{_LINE_START}{_LINE_STRING(formatter.iso_time(created))}"
+            # The time is digits and ``-:.+T``: a JSON string as it is.
+            f'{_LINE_START}"{formatter.iso_time(created)}"'
             f"{_LINE_MIDDLE}{_LINE_STRING(request_id)}{_LINE_METHOD}{_LINE_STRING(method)}"
             f"{_LINE_PATH}{_LINE_STRING(path)}{_LINE_STATUS}{int.__repr__(status)}"
             f"{_LINE_DURATION}{float.__repr__(duration_ms)}}}"
@@ -480,12 +483,16 @@ def _write_access_line(
     ``JsonFormatter.access_line``), without the logging module's per-record work (the
     ``LogRecord``, the logger and handler walk: most of a line's cost). False, nothing
     written, when that fails: the record then goes the ordinary way (which reports errors).
-    ``handler`` is a plain ``StreamHandler`` with a lock (``_plain_json_handler``): what its
-    ``handle``, ``emit`` and ``flush`` do is done here, under its lock, without their calls."""
+    On the event loop a ``LineBatchingHandler`` (``serve``'s) gathers the lines of the loop's
+    turn into one write and flush (a system call each, once per line otherwise); a plain
+    ``StreamHandler`` with a lock (``_plain_json_handler``) gets what its ``handle``, ``emit``
+    and ``flush`` would do, done here under its lock, without their calls."""
     formatter = handler.formatter
     assert isinstance(formatter, JsonFormatter)  # checked by _plain_json_handler
     try:
         line = _access_text(formatter, time.time(), request_id, method, path, status, duration_ms)
+        if type(handler) is LineBatchingHandler and handler.write_soon(line + handler.terminator):
+            return True
         with handler.lock:  # type: ignore[union-attr]  # not None: _plain_json_handler
             stream = handler.stream
             stream.write(line + handler.terminator)
