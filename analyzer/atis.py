@@ -22,6 +22,7 @@ from shaken.signing import div_payload, shaken_payload
 from shaken.verifier import VerificationRequest
 from sip import canonicalize_tn
 from sip.fields import split_identity_line
+from sip.limits import MAX_SPECIAL_NUMBER_DIGITS
 from sip.uri import parse_uri_checked
 
 # Identity header values in one verification request. SIP puts no bound on Identity headers;
@@ -83,16 +84,45 @@ def party_from_uri_text(value: str, parameter: str) -> Party:
     return party_from_uri(uri)
 
 
+# Digits of a national number of the NANP (ITU-T E.164 country code 1), which
+# ``canonicalize_tn`` prefixes with that country code when its first digit can start one.
+_NANP_DIGITS = 10
+_NANP_FIRST_DIGITS = frozenset("23456789")
+# Whether such a number is longer than a special number (which ``canonicalize_tn`` leaves as
+# dialled, whatever its first digit).
+_NANP_NOT_SPECIAL = _NANP_DIGITS > MAX_SPECIAL_NUMBER_DIGITS
+
+
+def _plain_tn(value: str) -> str | None:
+    """``canonicalize_tn(value).tn`` for the shapes nearly every request uses, ``+`` and ASCII
+    digits or ASCII digits alone, without its general walk (its rules, its result object);
+    None for anything else, which ``canonicalize_tn`` judges. RFC 8224 section 8.3."""
+    digits = value[1:] if value[:1] == "+" else value
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if (
+        digits is value
+        and len(digits) == _NANP_DIGITS
+        and digits[0] in _NANP_FIRST_DIGITS
+        and _NANP_NOT_SPECIAL
+    ):
+        return "1" + digits
+    return digits
+
+
 def parties_of(identity: AtisIdentity, parameter: str) -> tuple[Party, ...]:
     """Every identity an ``AtisIdentity`` names, in order (TNs first)."""
     # Once per identity of every verification request: the parameter names of the errors are
     # only built when there is an error.
     found: list[Party] = []
     for value in identity.tn:
-        canonical = canonicalize_tn(value)
-        if canonical is None:
-            raise _not_a_tn(value, f"{parameter}.tn")
-        found.append(Party(PartyKind.TN, canonical.tn))
+        tn = _plain_tn(value)
+        if tn is None:
+            canonical = canonicalize_tn(value)
+            if canonical is None:
+                raise _not_a_tn(value, f"{parameter}.tn")
+            tn = canonical.tn
+        found.append(Party(PartyKind.TN, tn))
     if identity.uri:
         found.extend(party_from_uri_text(u, f"{parameter}.uri") for u in identity.uri)
     if not found:
