@@ -515,7 +515,9 @@ async def _serve(args: argparse.Namespace) -> int:
         # long as the process: out of the collector's sight, a full collection no longer walks
         # it. Before, one paused the loop for ~60 ms under sipp at 4,500 INVITE/s: a backlog of
         # ~270 INVITEs, answered 503. Garbage cycles are collected first, not frozen; all is
-        # handed back to the collector when listening ends (``listen`` run in-process).
+        # handed back to the collector when listening ends (``listen`` run in-process). What
+        # grows while serving is kept out of its sight too: the SIP server's transactions are
+        # plain tuples (analyzer.sipserver), which it stops tracking.
         gc.collect()
         gc.freeze()
         stack.callback(gc.unfreeze)

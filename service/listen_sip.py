@@ -15,9 +15,9 @@ Verifications queued or running in the pool are bounded (``queue_limit``): past 
 is answered ``503 Service Unavailable`` with Retry-After and counted as shed (never dropped
 silently), and TCP connections stop being read until the queue drains to half
 (backpressure); so is every INVITE while the outputs cannot take more records, and then the
-core answers it 503 as soon as it is parsed, without making it a job (a 503 must cost a
-fraction of a verification, or an overloaded server spends its time refusing calls and
-answers none).
+core answers it 503 as soon as it is read, without making it a job (from its bytes, without
+the parse, when their head has the plain shape of SBCs and sipp: a 503 must cost a fraction
+of a verification, or an overloaded server spends its time refusing calls and answers none).
 
 UDP is read by the server itself (``loop.add_reader``), not by an asyncio transport: each
 wake-up reads a batch of up to ``UDP_READ_BATCH`` datagrams (until the socket would block),
