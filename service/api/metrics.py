@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import JsonFormatter, LineBatchingHandler
-from service.metrics import CountedFamily
+from service.metrics import CountedFamily, CountedHistogram
 from shaken.verifier import Verifier
 
 access_log = logging.getLogger("stirscope.access")
@@ -69,78 +65,6 @@ _REQUEST_ID_NAME = REQUEST_ID_HEADER.encode("latin-1")  # as ASGI servers give h
 MAX_REQUEST_ID_CHARS = 128
 # Bits of a generated request id: as many as a UUID's, shown as 32 hex digits like uuid4().hex.
 REQUEST_ID_BITS = 128
-
-
-class CountedHistogram(Collector):
-    """A histogram kept as plain numbers and exposed at scrape time exactly as a
-    ``prometheus_client.Histogram`` of the same name, labels, help and buckets would be
-    (``_bucket``, ``_count``, ``_sum`` and ``_created`` per label set, in first-observed order;
-    without labels, its one series from the start). Observed on one thread (module docstring).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        buckets: Sequence[float],
-        *,
-        registry: CollectorRegistry,
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        bounds = [float(b) for b in buckets]
-        if bounds[-1] != math.inf:
-            bounds.append(math.inf)  # as the library completes them
-        self.bounds = tuple(bounds)
-        self._le = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
-        # Per label set: the count of each bucket (not cumulative), then the sum of the values.
-        self.series: dict[tuple[str, ...], list[float]] = {}
-        self._created: dict[tuple[str, ...], float] = {}
-        if not self.labelnames:
-            self._add(())
-        registry.register(self)
-
-    def _add(self, key: tuple[str, ...]) -> list[float]:
-        self._created[key] = time.time()  # before the series: a scrape never sees one without
-        series: list[float] = [0] * len(self.bounds)
-        series.append(0.0)
-        self.series[key] = series
-        return series
-
-    def observe(self, key: tuple[str, ...], amount: float) -> None:
-        """Observe ``amount`` for the label values ``key`` (in ``labelnames`` order)."""
-        series = self.series.get(key)
-        if series is None:
-            series = self._add(key)
-        bounds = self.bounds
-        index = bisect_left(bounds, amount)
-        # The library counts it in the first bucket whose bound is not below it; NaN in none.
-        if index < len(bounds) and amount <= bounds[index]:
-            series[index] += 1
-        series[-1] += amount
-
-    def describe(self) -> Iterator[Metric]:
-        yield Metric(self.name, self.documentation, "histogram")
-
-    def collect(self) -> Iterator[Metric]:
-        metric = Metric(self.name, self.documentation, "histogram")
-        name, labelnames, created = self.name, self.labelnames, self._created
-        with_created = prometheus_metrics._use_created  # the library's own switch
-        with_sum = self.bounds[0] >= 0
-        for key, series in list(self.series.items()):
-            labels = dict(zip(labelnames, key, strict=True))
-            total = 0.0
-            for le, count in zip(self._le, series, strict=False):  # the sum is not a bucket
-                total += count
-                metric.add_sample(f"{name}_bucket", {**labels, "le": le}, total)
-            metric.add_sample(f"{name}_count", dict(labels), total)
-            if with_sum:
-                metric.add_sample(f"{name}_sum", dict(labels), series[-1])
-            if with_created:
-                metric.add_sample(f"{name}_created", dict(labels), created[key])
-        yield metric
 
 
 class ApiMetrics:

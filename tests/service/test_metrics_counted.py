@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from service.api.metrics import LATENCY_BUCKETS, ApiMetrics, CountedHistogram
-from service.metrics import CountedFamily, Metrics
+from service.api.metrics import LATENCY_BUCKETS, ApiMetrics
+from service.metrics import CountedFamily, CountedHistogram, Metrics
 
 _CREATED = re.compile(rb"^(\S+_created(?:\{[^}]*\})?) \S+$", re.MULTILINE)
 
