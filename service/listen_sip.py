@@ -411,16 +411,11 @@ class SipVerificationServer:
                 sock.close()
                 raise
             return Endpoint(endpoint.transport, endpoint.host, int(sock.getsockname()[1]))
-        bound, handle = await bind_endpoint(
-            loop,
-            endpoint,
-            datagram=asyncio.DatagramProtocol,  # UDP is bound above: never called
-            stream=lambda: _SipStream(self),
-            receive_buffer=UDP_RECEIVE_BUFFER,
+        server = await loop.create_server(
+            lambda: _SipStream(self), endpoint.host, endpoint.port, reuse_address=True
         )
-        # uvloop's servers are no asyncio.Server
-        self._tcp_servers.append(cast(asyncio.Server, handle))
-        return bound
+        self._tcp_servers.append(server)
+        return Endpoint(endpoint.transport, endpoint.host, int(server.sockets[0].getsockname()[1]))
 
     def _watch_udp(self, sock: socket.socket) -> None:
         """Note a UDP socket for the kernel queue readings (``kernel_queues``)."""
