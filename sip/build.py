@@ -9,7 +9,7 @@ from typing import NamedTuple, cast
 
 from sip.headers import Headers
 from sip.limits import MAX_HEADER_COUNT, MAX_HEADER_LINE_BYTES
-from sip.message import _LENGTH_NAMES, SIP_VERSION, Request, Response, serialise_message
+from sip.message import LENGTH_NAMES, SIP_VERSION, Request, Response, serialise_message
 
 # Length of the deterministic To tag we add (RFC 3261 section 19.3 asks for at least 32 bits of
 # randomness; 16 hex digits of a SHA-256 digest give 64 bits, derived, not drawn, so the
@@ -422,7 +422,7 @@ def fields_response_bytes(
     lines = [start_line]
     lines.extend([f"{name}: {value}" for name, value in copied])
     for name, value in extra_headers:
-        if name.lower() not in _LENGTH_NAMES:  # set from the body, as `serialise_message` does
+        if name.lower() not in LENGTH_NAMES:  # set from the body, as `serialise_message` does
             lines.append(f"{name}: {value}")
     lines.append(f"Content-Length: {len(body)}")
     head = "\r\n".join(lines)

@@ -414,7 +414,7 @@ Message = Request | Response
 
 
 # Header names (lower case) ``serialise_message`` drops: it sets Content-Length itself.
-_LENGTH_NAMES = ("content-length", "l")
+LENGTH_NAMES = ("content-length", "l")
 
 
 def serialise_message(start_line: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
@@ -427,14 +427,14 @@ def serialise_message(start_line: str, headers: Sequence[tuple[str, str]], body:
     text, is written as given)."""
     lines = [start_line]
     for name, value in headers:
-        if name.lower() not in _LENGTH_NAMES:
+        if name.lower() not in LENGTH_NAMES:
             lines.append(f"{name}: {value}")
     lines.append(f"Content-Length: {len(body)}")
     head = "\r\n".join(lines)
     joints = len(lines) - 1
     if head.count("\n") != joints or head.count("\r") != joints:
         for name, value in headers:
-            if name.lower() in _LENGTH_NAMES:
+            if name.lower() in LENGTH_NAMES:
                 continue
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise ValueError(f"line break in header {name!r}")
