@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -130,8 +131,19 @@ async def _drive(
     chunks: Sequence[bytes],
     answers: int,
     default_headers: Sequence[tuple[bytes, bytes]] = (),
+    access_log: bool = False,
 ) -> RecordingTransport:
-    config = Config(app=app, http=http, lifespan="off", log_config=None, server_header=False)
+    """``chunks`` fed to a new connection of ``http``; ``access_log``: uvicorn's own access
+    log on (off as ``serve`` runs it: the route's answers are then written inline, without
+    ``send``; on, every answer goes through ``send``)."""
+    config = Config(
+        app=app,
+        http=http,
+        lifespan="off",
+        log_config=None,
+        server_header=False,
+        access_log=access_log,
+    )
     config.load()
     state = ServerState()
     state.default_headers = list(default_headers)
@@ -190,27 +202,66 @@ SCENARIOS = _scenarios()
 WARM_UP = _request(_json(atis_body(fixture_call(CALLS[0]))))
 
 
+# Scenarios with a warm 200 of the verification route (the others: a certificate to load,
+# an error, a client waiting for 100 Continue, bytes that are not a complete request).
+INLINE_SCENARIOS = {"atis-0", "atis-1", "atis-2", "tn-form", "3gpp", "flavour-query",
+                    "client-request-id", "split-body", "pipelined", "close"}  # fmt: skip
+
+
+@pytest.fixture
+def uvicorn_access_logger() -> Iterator[None]:
+    """uvicorn's access logger as it was before the test (``Config(access_log=False)``
+    detaches it, process-wide)."""
+    logger = logging.getLogger("uvicorn.access")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+
+
+@pytest.mark.usefixtures("uvicorn_access_logger")
+@pytest.mark.parametrize("access_log", [False, True], ids=["inline", "uvicorn-access-log"])
 @pytest.mark.parametrize(
     ("chunks", "answers"), [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
 )
 def test_same_bytes_as_uvicorn(
-    request: pytest.FixtureRequest, tmp_path: Path, chunks: list[bytes], answers: int
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    chunks: list[bytes],
+    answers: int,
+    access_log: bool,
 ) -> None:
+    """Without uvicorn's access log (as ``serve`` runs) the warm answers are written inline;
+    with it, through ``send``: the same bytes either way."""
     outputs = []
+    inline: list[bool] = []
+    write_ok = StirHttpProtocol._write_ok
+
+    def counted(self: StirHttpProtocol, *args: Any) -> bool:
+        done = write_ok(self, *args)
+        inline.append(done)
+        return done
+
     for http in ("httptools", StirHttpProtocol):
         config = make_config(tmp_path, max_body_bytes=64 * 1024)
         app = create_app(config)
 
         async def run(app: FastAPI = app, http: Any = http) -> RecordingTransport:
             async with app.router.lifespan_context(app):
-                if request.node.callspec.id != "cold":
-                    await _drive(app, http, [WARM_UP], 1)
-                return await _drive(app, http, chunks, answers)
+                if request.node.callspec.params["chunks"] is not SCENARIOS[0][1]:
+                    await _drive(app, http, [WARM_UP], 1, access_log=access_log)
+                return await _drive(app, http, chunks, answers, access_log=access_log)
 
-        transport = asyncio.run(run())
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(StirHttpProtocol, "_write_ok", counted)
+            transport = asyncio.run(run())
         outputs.append((_responses(transport.output), transport.closed))
     assert outputs[0] == outputs[1]
     assert len([h for h, _ in outputs[0][0] if b" 100 " not in h]) == answers
+    if access_log:
+        assert not any(inline)  # every answer through ``send``
+    elif request.node.callspec.id.split("-inline")[0] in INLINE_SCENARIOS:
+        assert any(inline)  # the warm 200s written inline
 
 
 # uvicorn's default headers (the server's Date and Server, ``--header`` ones): written as
