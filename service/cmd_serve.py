@@ -129,6 +129,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME",
         help="this instance's name among those sharing the store (default host:port)",
     )
+    jobs.add_argument(
+        "--job-lease",
+        type=int,
+        metavar="S",
+        help="seconds before another instance takes over the job of one that stopped "
+        "renewing it (default 60)",
+    )
     access = parser.add_argument_group("access and signing")
     access.add_argument(
         "--api-keys",

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from analyzer.sharedcache import check_cache_url
+from analyzer.storage import DEFAULT_LEASE_S
 from analyzer.verifying import VerifierConfig
 from shaken.policy import (
     DEFAULT_CLOCK_SKEW_S,
@@ -137,6 +138,9 @@ SETTINGS: dict[str, Setting] = {
     "max_upload_bytes": Setting(Kind.INT, DEFAULT_MAX_UPLOAD_BYTES),
     "job_workers": Setting(Kind.INT, DEFAULT_JOB_WORKERS),
     "instance": Setting(Kind.STR, None),
+    # Seconds a claimed job stays this instance's without a heartbeat: how soon another
+    # instance takes over the job of one that died (renewed every quarter of it).
+    "job_lease": Setting(Kind.INT, int(DEFAULT_LEASE_S)),
 }
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -170,6 +174,7 @@ class ServeConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     job_workers: int = DEFAULT_JOB_WORKERS
     instance: str | None = None
+    job_lease_s: float = DEFAULT_LEASE_S
     clock: Callable[[], float] = field(default=time.time, compare=False)
     settings: Mapping[str, object] = field(default_factory=dict, compare=False)
 
@@ -401,6 +406,7 @@ def config_from_settings(
         upload_dir=upload_dir,
         max_upload_bytes=_int(values, "max_upload_bytes", 1024, MAX_UPLOAD_BYTES_LIMIT),
         job_workers=_int(values, "job_workers", 0, 64),
+        job_lease_s=float(_int(values, "job_lease", 1, 3600)),
         instance=str(instance) if instance else None,
         clock=clock,
         settings=dict(values),

@@ -102,6 +102,7 @@ def open_jobs(config: ServeConfig) -> JobsContext | None:
                 owner=owner_name(config),
                 upload_dir=config.upload_dir,
                 threads=config.job_workers,
+                lease_s=config.job_lease_s,
             )
             pool = WorkerPool(store, worker)
             pool.start()
