@@ -440,7 +440,8 @@ def _write_part(output: PartOutput, rank: int, entries: list[Entry]) -> PartFile
 
 def _spill_lines(spill: SpillOutput, rank: int, entries: list[Entry]) -> None:
     """The rendered lines of ``entries`` written to partition ``rank``'s spill file, each
-    replaced by its place there (in place); no file when there is no line."""
+    replaced by its place there (in place); no file when there is no line. When the file
+    cannot be written (a full disk), the lines stay in ``entries`` and travel back instead."""
     at: list[int] = []
     texts: list[str] = []
     for index, (_key, value) in enumerate(entries):
@@ -452,7 +453,11 @@ def _spill_lines(spill: SpillOutput, rank: int, entries: list[Entry]) -> None:
         texts.append(text)
     if not texts:
         return
-    for index, place in zip(at, spill.write(rank, texts), strict=True):
+    try:
+        places = spill.write(rank, texts)
+    except OSError:
+        return
+    for index, place in zip(at, places, strict=True):
         key, (digest, _text) = cast(tuple[EmitKey, Result], entries[index])
         entries[index] = (key, (digest, place))
 

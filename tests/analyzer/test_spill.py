@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from analyzer import spill as spill_module
 from analyzer.spill import Spilled, SpillOutput, spillable, write_rendered
+from tests.analyzer.test_partition import _same_as_single
 
 LINE = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=0, max_size=30).map(
     lambda text: text + "\n"
@@ -127,3 +128,22 @@ def test_write_replaces_a_partial_file(tmp_path: Path) -> None:
     assert first == again == [Spilled(2, 0, 4), Spilled(2, 4, 4)]
     assert os.listdir(tmp_path) == ["spill-00002"]
     assert Path(spill.path(2)).read_bytes() == b"one\ntwo\n"
+
+
+def test_a_partition_that_cannot_spill_sends_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bench_capture: Path
+) -> None:
+    """A worker whose spill file cannot be written (a full disk) sends its lines back: the
+    output is the same, partly copied, partly written."""
+    write = SpillOutput.write
+
+    def full_disk(self: SpillOutput, rank: int, texts: list[str]) -> list[Spilled]:
+        if rank == 1:
+            raise OSError(28, "No space left on device")
+        return write(self, rank, texts)
+
+    monkeypatch.setattr(SpillOutput, "write", full_disk)
+    size = bench_capture.stat().st_size
+    job = _same_as_single([bench_capture], partition_bytes=size // 3)
+    assert job.partitions == 3
+    assert job.spill is not None
