@@ -45,13 +45,14 @@ _BRANCH_ITEM = re.compile(r";branch(?:=([^;]*)|(?=;|\Z))", re.IGNORECASE | re.AS
 
 # The header lines `plain_head` reads from a request's bytes: the five a response copies,
 # Content-Length and Require, in every spelling a parse reads as the same header (any case,
-# the compact forms of RFC 3261 section 7.3.3, blanks before the colon), their values (blanks
-# after the colon skipped, those at the end kept) and the start of a folded line after them
-# (RFC 3261 section 7.3.1: it continues the value). A match opens at a line's start, so only
-# whole header names match.
+# the compact forms of RFC 3261 section 7.3.3, blanks before the colon) and their values
+# (blanks after the colon skipped, those at the end kept). A match opens at a line's start, so
+# only whole header names match. A head with a folded line anywhere is not plain (RFC 3261
+# section 7.3.1: the fold continues the header before it, which for a parse may be one of
+# these even when the line in between is not a header at all).
 _SCANNED_LINE = re.compile(
     r"\r\n(via|v|from|f|to|t|call-id|i|cseq|content-length|l|require)[ \t]*:[ \t]*"
-    r"([^\r\n]*)(\r\n[ \t])?",
+    r"([^\r\n]*)",
     re.IGNORECASE | re.ASCII,
 )
 # What each is to a parse, by its name in lower case and as usually written.
@@ -153,10 +154,11 @@ def plain_head(data: bytes) -> PlainHead | None:
     CR or LF), a request line of three words split by single spaces whose version is
     SIP/2.0, exactly one Via line (one value or several: see `plain_via`), From, To, Call-ID
     and CSeq line each, at most one Require and one Content-Length whose number of bytes is
-    there, none of them folded. For such bytes ``parse_message`` succeeds, ``response_fields``
-    of its request are these, and its parse defects are none of version, truncation or
-    Content-Length (RFC 3261 sections 7.3.1, 7.5, 18.3 and 20.14). A server shedding load
-    answers such a request without the parse. RFC 3261 sections 7, 8.2.6.2 and 25.1.
+    there, and no folded line anywhere. For such bytes ``parse_message`` succeeds,
+    ``response_fields`` of its request are these, and its parse defects are none of version,
+    truncation or Content-Length (RFC 3261 sections 7.3.1, 7.5, 18.3 and 20.14). A server
+    shedding load answers such a request without the parse. RFC 3261 sections 7, 8.2.6.2 and
+    25.1.
     """
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0 or head_end > MAX_HEADER_LINE_BYTES:
@@ -183,11 +185,13 @@ def plain_head(data: bytes) -> PlainHead | None:
         or _TOKEN.fullmatch(parts[0]) is None
     ):
         return None
+    if "\r\n " in text or "\r\n\t" in text:
+        return None  # a folded line (see _SCANNED_LINE)
     lines = _SCANNED_LINE.findall(text)
     keys = _SCANNED_KEYS
-    found = {keys.get(name) or keys[name.lower()]: value for name, value, _ in lines}
-    if len(found) != len(lines) or any(folded for _, _, folded in lines):
-        return None  # one of them twice or more, or folded
+    found = {keys.get(name) or keys[name.lower()]: value for name, value in lines}
+    if len(found) != len(lines):
+        return None  # one of them twice or more
     via = found.get("via")
     from_ = found.get("from")
     to = found.get("to")
