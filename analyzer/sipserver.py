@@ -149,7 +149,7 @@ class DropReason(StrEnum):
 
     UNPARSEABLE = "unparseable"  # not a SIP message at all
     TOO_LARGE = "too_large"  # over the size limit and no header block to answer from
-    UNANSWERABLE = "unanswerable"  # a request without the Via/CSeq a response needs
+    UNANSWERABLE = "unanswerable"  # without the Via/CSeq a response needs, or a bare CR in them
     STRAY_RESPONSE = "stray_response"  # a response: this server never sends requests
     KEEPALIVE = "keepalive"  # CRLF keep-alive datagram (RFC 5626 section 3.5.1 style)
 
@@ -402,9 +402,18 @@ class SipServerCore:
     def _answerable(request: Request, cseq_method: str | None) -> bool:
         """A response needs the top Via (to be routed and matched) and CSeq (RFC 3261 8.2.6);
         ``cseq_method`` is `_cseq_method` of its CSeq. A plain top Via is known to parse
-        without parsing it (`plain_top_via`)."""
+        without parsing it (`plain_top_via`). And no header line may hold a line break of its
+        own: the parse keeps a bare CR inside the value, and a response copies From, To and
+        the others (the 302 the P-Asserted-Identity too), so it could not be written without
+        splitting a header (RFC 3261 section 7.3.1: CRLF ends a line)."""
         has_via = plain_top_via(request) is not None or bool(request.via)
-        return has_via and cseq_method is not None
+        if not has_via or cseq_method is None:
+            return False
+        raw = request.raw
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            end = len(raw)
+        return raw.count(b"\r", 0, end) == raw.count(b"\r\n", 0, end)
 
     @staticmethod
     def _key(request: Request, method: str) -> tuple[str, str, str]:

@@ -409,6 +409,14 @@ def test_cancel_of_pending_invite_ends_it_with_487(verify: CountingVerifier) -> 
 
 # -- input that cannot be answered ----------------------------------------------------------
 
+
+def _with_bare_cr(data: bytes, name: bytes) -> bytes:
+    """``data`` with a bare CR inserted at the end of the header line named ``name``."""
+    start = data.index(b"\r\n" + name) + 2
+    end = data.index(b"\r\n", start)
+    return data[:end] + b"\rX-Injected: 1" + data[end:]
+
+
 DROP_CASES = [
     ("empty", b"", DropReason.KEEPALIVE),
     ("crlf-keepalive", b"\r\n\r\n", DropReason.KEEPALIVE),
@@ -427,7 +435,15 @@ DROP_CASES = [
         DropReason.UNANSWERABLE,
     ),
     ("no-cseq", request("OPTIONS").replace(b"CSeq: 1 OPTIONS\r\n", b""), DropReason.UNANSWERABLE),
-]
+    # A bare CR inside a header the answer would copy (the parse keeps it in the value): no
+    # answer can be written without splitting that header.
+    ("bare-cr-in-to", _with_bare_cr(request("OPTIONS"), b"To:"), DropReason.UNANSWERABLE),
+    ("bare-cr-in-pai", _with_bare_cr(fixture_call("alpha_a").replace(
+        b"\r\nCall-ID:", b"\r\nP-Asserted-Identity: <sip:+12025550101@alpha.example>\r\nCall-ID:"
+     ), b"P-Asserted-Identity:"), DropReason.UNANSWERABLE),
+    ("bare-cr-in-invite-to", _with_bare_cr(fixture_call("alpha_a"), b"To:"),
+     DropReason.UNANSWERABLE),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
