@@ -45,6 +45,7 @@ from tests.service.invites import (
     sip_date,
     with_branch,
 )
+from tests.sip.test_fuzz import lightly_mutated
 
 
 class CountingVerifier:
@@ -467,7 +468,7 @@ def test_oversized_request_gets_513_when_its_headers_fit() -> None:
     assert (dropped.action, dropped.drop) == (Action.DROP, DropReason.TOO_LARGE)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     st.one_of(
         st.binary(max_size=600),
@@ -476,10 +477,12 @@ def test_oversized_request_gets_513_when_its_headers_fit() -> None:
             st.sampled_from([request("OPTIONS"), request("INVITE"), request("ACK")]),
             st.integers(0, 400),
         ),
-    )
+        lightly_mutated(),  # SIP fixtures changed in one or two places of their heads
+    ),
+    st.booleans(),
 )
-def test_any_bytes_give_a_decision(data: bytes) -> None:
-    decision = SipServerCore().receive(data, at=FIXTURE_AT)
+def test_any_bytes_give_a_decision(data: bytes, shed: bool) -> None:
+    decision = SipServerCore().receive(data, at=FIXTURE_AT, shed=shed)
     assert isinstance(decision, Decision)
     if decision.response is not None:
         assert isinstance(parse_message(decision.response), Response)

@@ -22,6 +22,7 @@ SEEDS = [
 TOKENS = [
     b"\r\n",
     b"\n",
+    b"\r",
     b" ",
     b":",
     b";",
