@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -191,3 +194,36 @@ def _identity(uri: str, tn_form: bool) -> dict[str, str]:
         return {"uri": uri}
     user = uri.split(":", 1)[1].split("@", 1)[0].split(";", 1)[0]
     return {"tn": user}
+
+
+# A real `stirscope serve` starts in well under a second here; allow for a loaded CI machine.
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server the test starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
+    """Wait until the `stirscope serve` at ``base`` answers ``/readyz`` with 200;
+    AssertionError when it exits first or does not within ``READY_TIMEOUT_S`` (with the end
+    of its ``log`` when given)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    state = (
+        "did not become ready" if process.poll() is None else f"exited with {process.returncode}"
+    )
+    tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"serve {state}\n{tail}")

@@ -28,12 +28,17 @@ def auth(name: str = "analyst") -> dict[str, str]:
     return {"Authorization": f"Bearer {JOB_KEYS[name][0]}"}
 
 
-def jobs_config(directory: Path, **overrides: Any) -> ServeConfig:
-    keys = directory / "job-keys"
-    keys.write_text(
+def write_job_keys(path: Path) -> Path:
+    """The keys file of ``JOB_KEYS`` (``NAME:SHA256HEX:SCOPES`` lines) at ``path``."""
+    path.write_text(
         "".join(f"{n}:{hash_api_key(k)}:{s}\n" for n, (k, s) in JOB_KEYS.items()),
         encoding="utf-8",
     )
+    return path
+
+
+def jobs_config(directory: Path, **overrides: Any) -> ServeConfig:
+    keys = write_job_keys(directory / "job-keys")
     fields: dict[str, Any] = {
         "db": str(directory / "store.db"),
         "upload_dir": directory / "uploads",

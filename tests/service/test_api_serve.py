@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,34 +24,13 @@ from tests.service.api_client import (
     atis_body,
     bearer,
     fixture_call,
+    free_port,
     private_copy,
+    wait_ready,
     write_keys,
 )
 
-# Start-up takes well under a second per worker here; allow for a loaded CI machine.
-READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited early with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("serve did not become ready")
 
 
 class Served:
@@ -68,7 +46,7 @@ class Served:
 
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    port = _free_port()
+    port = free_port()
     stderr = tmp_path / "stderr.log"
     argv = [
         sys.executable,
@@ -97,7 +75,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=err, stderr=err)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process)
+        wait_ready(base, process, stderr)
         yield Served(base, process, stderr)
     finally:
         if process.poll() is None:

@@ -8,19 +8,16 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.api.auth import hash_api_key
 from tests.conftest import FIXTURES, ROOT
-from tests.service.api_client import CERTS, TRUST
+from tests.service.api_client import CERTS, TRUST, free_port, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,19 +38,12 @@ if not CHROMIUM.exists():
     pytest.skip("chromium is not installed at /usr/bin/chromium", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """A `stirscope serve` with its store and uploads in tmp_path; yields its base URL."""
     keys = tmp_path / "keys"
     keys.write_text(f"analyst:{hash_api_key(API_KEY)}:jobs\n", encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
         "--port", str(port), "--trust", str(TRUST), "--certs", str(CERTS),
@@ -67,16 +57,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert process.poll() is None, (tmp_path / "stderr.log").read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.1)
+        wait_ready(base, process, tmp_path / "stderr.log")
         yield base
     finally:
         process.send_signal(signal.SIGTERM)

@@ -21,17 +21,16 @@ import httpx
 import pytest
 
 from analyzer.storage import InputSpec, JobOrigin, JobState, Store
-from service.api.auth import hash_api_key
 from tests.conftest import ROOT, load_script
-from tests.service.api_client import CERTS, TRUST, serve_in_process
+from tests.service.api_client import CERTS, TRUST, free_port, serve_in_process, wait_ready
 from tests.service.jobs_support import (
     DEMO,
     DEMO_CALLS,
-    JOB_KEYS,
     auth,
     jobs_config,
     upload,
     wait_job,
+    write_job_keys,
 )
 
 # A lease short enough to expire during the test.
@@ -122,9 +121,7 @@ def _redis_reachable() -> bool:
 def _serve(tmp_path: Path, db: str, name: str, keys: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real ``stirscope serve`` instance on the shared store (and the Redis cache when one
     runs), once ready."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     argv = [
         sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port",
         str(port), "--db", db, "--instance", name, "--job-lease", str(REAL_LEASE_S),
@@ -134,18 +131,16 @@ def _serve(tmp_path: Path, db: str, name: str, keys: Path) -> tuple[subprocess.P
     if _redis_reachable():
         argv += ["--cache", REDIS_URL]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STIRSCOPE_")}
-    with (tmp_path / f"{name}.log").open("wb") as log:
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"{name} did not start: {(tmp_path / f'{name}.log').read_text()[-2000:]}")
+    try:
+        wait_ready(base, process, log_path)
+    except AssertionError:
+        process.kill()
+        raise
+    return process, base
 
 
 def test_an_instance_killed_mid_job_leaves_it_to_the_other(db: str, tmp_path: Path) -> None:
@@ -154,11 +149,7 @@ def test_an_instance_killed_mid_job_leaves_it_to_the_other(db: str, tmp_path: Pa
     to the end, every call stored once."""
     capture = tmp_path / "calls.pcap"
     load_script(ROOT / "bench" / "bench_analyze.py").build(capture, KILLED_JOB_CALLS)
-    keys = tmp_path / "keys"
-    keys.write_text(
-        "".join(f"{n}:{hash_api_key(k)}:{s}\n" for n, (k, s) in JOB_KEYS.items()),
-        encoding="utf-8",
-    )
+    keys = write_job_keys(tmp_path / "keys")
     first, first_base = _serve(tmp_path, db, "node-a", keys)
     second: subprocess.Popen[bytes] | None = None
     try:
