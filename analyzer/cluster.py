@@ -214,7 +214,7 @@ def track_task(
         plan,
         lambda calls: assess_chunk(verifier, calls, at_override, render),
         output,
-        spill if render is not None else None,
+        spill,  # with ``render`` only: ``PartitionedJob._spill_output``
     )
 
 
