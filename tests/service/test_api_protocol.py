@@ -403,6 +403,58 @@ def test_coalescing_transport_keeps_order_and_flushes_before_close() -> None:
     asyncio.run(run())
 
 
+def test_answers_of_one_turn_go_out_together_after_its_reads(tmp_path: Path) -> None:
+    """Connections read in one turn of the loop are answered inline, and their answers passed
+    on after the last read, by one callback; each connection's bytes and order are kept, and
+    a connection written to again in the same turn is flushed once."""
+    app = create_app(make_config(tmp_path))
+    request = _request(_json(atis_body(fixture_call(CALLS[0]))))
+
+    async def run() -> tuple[list[RecordingTransport], list[int], int]:
+        async with app.router.lifespan_context(app):
+            await _drive(app, StirHttpProtocol, [request], 1)  # the certificate, cached
+            config = Config(app=app, http=StirHttpProtocol, lifespan="off", log_config=None)
+            config.load()
+            loop = asyncio.get_running_loop()
+            scheduled = 0
+            call_soon = loop.call_soon
+
+            def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+                nonlocal scheduled
+                scheduled += getattr(callback, "__name__", "") == "run"
+                return call_soon(callback, *args, **kwargs)
+
+            transports = [RecordingTransport() for _ in range(3)]
+            protocols = []
+            for transport in transports:
+                protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=ServerState(), app_state={}
+                )
+                protocol.connection_made(transport)
+                protocols.append(protocol)
+            loop.call_soon = counting  # type: ignore[method-assign]
+            try:
+                writes = []
+                for protocol, transport in zip(protocols, transports, strict=True):
+                    protocol.data_received(request)
+                    writes.append(len(transport.writes))
+                protocols[0].data_received(request)  # the first connection again, same turn
+                writes.append(len(transports[0].writes))
+                await asyncio.sleep(0)
+            finally:
+                loop.call_soon = call_soon  # type: ignore[method-assign]
+            return transports, writes, scheduled
+
+    transports, writes, scheduled = asyncio.run(run())
+    assert writes == [0, 0, 0, 0]  # nothing passed on while the turn reads
+    assert scheduled == 1  # one callback for the turn's connections
+    assert [len(t.writes) for t in transports] == [1, 1, 1]
+    answers = [_responses(t.output) for t in transports]
+    assert [len(a) for a in answers] == [2, 1, 1]
+    assert all(b"200 OK" in head for a in answers for head, _ in a)
+    assert answers[0][0][1] == answers[0][1][1] == answers[1][0][1]
+
+
 def _depth() -> int:
     frame: FrameType | None = sys._getframe(1)
     depth = 0
