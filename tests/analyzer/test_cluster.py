@@ -253,3 +253,36 @@ def test_partitioned_local_run_copies_the_workers_lines_from_spill_files(
     assert clustered.read_bytes() == single.read_bytes()
     assert sum(written) > CALLS // 2  # the workers spilled most lines
     assert sorted(os.listdir(clustered.parent)) == ["cluster.jsonl", "cluster.jsonl.manifest.json"]
+
+
+def test_local_cluster_runs_without_dask_diagnostics() -> None:
+    """A local cluster's worker processes and scheduler start with ``LOCAL_CLUSTER_CONFIG``:
+    no statistical profiler in the workers, the ticks and monitors made rare; the process's
+    own Dask configuration is left as it was."""
+    import dask
+    import distributed  # noqa: F401  # its configuration defaults
+
+    profiling = dask.config.get("distributed.worker.profile.enabled")
+    factory = DaskPoolFactory(parse_cluster("local:1"))
+    try:
+        client = factory.client()
+
+        def probe(dask_worker: Any) -> tuple[list[str], object, float]:
+            import dask as worker_dask
+
+            return (
+                sorted(dask_worker.periodic_callbacks),
+                worker_dask.config.get("distributed.worker.profile.enabled"),
+                dask_worker.periodic_callbacks["tick"].callback_time,
+            )
+
+        ((callbacks, enabled, tick_ms),) = client.run(probe).values()
+        assert "profile" not in callbacks
+        assert "profile-cycle" not in callbacks
+        assert enabled is False
+        assert tick_ms == 1000
+        scheduler = factory._cluster.scheduler
+        assert scheduler.periodic_callbacks["monitor"].callback_time == 2000
+    finally:
+        factory.close()
+    assert dask.config.get("distributed.worker.profile.enabled") == profiling
