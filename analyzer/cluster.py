@@ -40,6 +40,7 @@ ARCHITECTURE.md section 2 (analyzer pipeline); issue 8.
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import importlib
 import os
@@ -338,6 +339,11 @@ class DaskPoolFactory:
             if cluster is not None:
                 cluster.close()
             raise ClusterError(f"cluster {self.spec.describe()}: {exc}") from exc
+        # What the run has built so far (the modules, Dask's among them, the client and a
+        # local cluster's scheduler) lives as long as the run: out of the collector's reach,
+        # so that the full collections the merge's allocations trigger do not walk it
+        # (measured: ~0.1 s of the main process's CPU on a 40,000-call run).
+        gc.freeze()
         return client, cluster
 
     def _local_cluster(self, distributed: Any, where: dict[str, str]) -> Any:

@@ -302,34 +302,66 @@ class Summary:
     last_ns: int | None = None
 
     def add(self, record: CallRecord | CallDigest) -> None:
+        # Once per call of a run, in the process that writes the output: each count is bumped
+        # in place when its key is already counted (nearly always), ``_bump`` (the bound)
+        # only for a new key.
         if isinstance(record, CallRecord):
             record = record.digest()
         self.calls += 1
         verdict = record.verstat or "error"
-        _bump(self.verstat, verdict)
-        _bump(self.attest, record.attest or NO_ATTEST)
+        counter = self.verstat
+        if verdict in counter:
+            counter[verdict] += 1
+        else:
+            _bump(counter, verdict)
+        key = record.attest or NO_ATTEST
+        counter = self.attest
+        if key in counter:
+            counter[key] += 1
+        else:
+            _bump(counter, key)
         if record.signer_spc or record.signer_org:
             _bump(self.signers, signer_label(record.signer_spc, record.signer_org))
         if record.reason:
             _bump(self.reasons, record.reason)
-        _bump(self.final_status, str(record.final_status or "none"))
-        _bump(self.states, record.state)
-        label = (
+        key = str(record.final_status or "none")
+        counter = self.final_status
+        if key in counter:
+            counter[key] += 1
+        else:
+            _bump(counter, key)
+        key = record.state
+        counter = self.states
+        if key in counter:
+            counter[key] += 1
+        else:
+            _bump(counter, key)
+        key = (
             f"{record.encapsulation}/{record.transport}"
             if record.encapsulation
-            else (record.transport)
+            else record.transport
         )
-        _bump(self.transports, label)
+        counter = self.transports
+        if key in counter:
+            counter[key] += 1
+        else:
+            _bump(counter, key)
         for kind in record.anomaly_kinds:
             _bump(self.anomalies, kind)
-        bucket = record.start_ns // TIMELINE_BUCKET_NS
-        if bucket not in self.timeline and len(self.timeline) >= MAX_DISTINCT:
-            bucket = max(self.timeline)
-        self.timeline.setdefault(bucket, Counter())[verdict] += 1
-        if self.first_ns is None or record.start_ns < self.first_ns:
-            self.first_ns = record.start_ns
-        if self.last_ns is None or record.start_ns > self.last_ns:
-            self.last_ns = record.start_ns
+        start = record.start_ns
+        bucket = start // TIMELINE_BUCKET_NS
+        timeline = self.timeline
+        counts = timeline.get(bucket)
+        if counts is None:
+            if len(timeline) >= MAX_DISTINCT:
+                counts = timeline[max(timeline)]
+            else:
+                counts = timeline[bucket] = Counter()
+        counts[verdict] += 1
+        if self.first_ns is None or start < self.first_ns:
+            self.first_ns = start
+        if self.last_ns is None or start > self.last_ns:
+            self.last_ns = start
 
     def add_anomaly(self, item: AnyAnomaly) -> None:
         _bump(self.anomalies, item.kind.value)
