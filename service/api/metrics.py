@@ -329,6 +329,11 @@ _LINE_METHOD = f", {_LINE_STRING('method')}: "
 _LINE_PATH = f", {_LINE_STRING('path')}: "
 _LINE_STATUS = f", {_LINE_STRING('status')}: "
 _LINE_DURATION = f", {_LINE_STRING('duration_ms')}: "
+# Characters of a line besides its request id and path, about (the time's 23, a method, a
+# status, a duration): what a line deferred to its batch's write counts towards its bound.
+_LINE_FIXED_CHARS = (
+    len(_LINE_START + _LINE_MIDDLE + _LINE_METHOD + _LINE_PATH + _LINE_STATUS + _LINE_DURATION) + 40
+)
 
 
 class _Checked:
@@ -408,15 +413,21 @@ def _write_access_line(
     ``LogRecord``, the logger and handler walk: most of a line's cost). False, nothing
     written, when that fails: the record then goes the ordinary way (which reports errors).
     On the event loop a ``LineBatchingHandler`` (``serve``'s) gathers the lines of the loop's
-    turn into one write and flush (a system call each, once per line otherwise); a plain
+    turn into one write and flush (a system call each, once per line otherwise), each made
+    when the batch is written, from the fields and the time taken here; a plain
     ``StreamHandler`` with a lock (``_plain_json_handler``) gets what its ``handle``, ``emit``
     and ``flush`` would do, done here under its lock, without their calls."""
     formatter = handler.formatter
     assert isinstance(formatter, JsonFormatter)  # checked by _plain_json_handler
+    created = time.time()
+    if type(handler) is LineBatchingHandler and handler.write_soon_rendered(
+        _access_text,
+        (formatter, created, request_id, method, path, status, duration_ms),
+        len(request_id) + len(path) + _LINE_FIXED_CHARS,
+    ):
+        return True
     try:
-        line = _access_text(formatter, time.time(), request_id, method, path, status, duration_ms)
-        if type(handler) is LineBatchingHandler and handler.write_soon(line + handler.terminator):
-            return True
+        line = _access_text(formatter, created, request_id, method, path, status, duration_ms)
         with handler.lock:  # type: ignore[union-attr]  # not None: _plain_json_handler
             stream = handler.stream
             stream.write(line + handler.terminator)

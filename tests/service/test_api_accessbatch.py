@@ -246,3 +246,42 @@ def test_log_time_is_the_isoformat_text(created: float) -> None:
     assert formatter.iso_time(created) == want
     assert formatter.iso_time(created) == want  # from the cache
     assert json.dumps(want) == f'"{want}"'  # written as it is (metrics._access_text)
+
+
+def test_rendered_lines_are_made_when_the_batch_is_written(handler: LineBatchingHandler) -> None:
+    """``write_soon_rendered``: the line is made when its batch is written, in its place among
+    the lines given made; a render that fails is reported as a failed write of the batch."""
+    stream = _stream(handler)
+    made: list[str] = []
+
+    def render(text: str) -> str:
+        made.append(text)
+        return text
+
+    async def run() -> None:
+        assert handler.write_soon("first\n")
+        assert handler.write_soon_rendered(render, ("second",), 6)
+        assert handler.write_soon("third\n")
+        assert made == []  # not yet
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert made == ["second"]
+    assert stream.getvalue() == "first\nsecond\nthird\n"
+    assert stream.writes == 1
+    assert not handler.write_soon_rendered(render, ("x",), 1)  # no loop: not taken
+
+    reported: list[logging.LogRecord] = []
+    handler.handleError = reported.append  # type: ignore[method-assign]
+
+    def broken() -> str:
+        raise ValueError("no line")
+
+    async def failing() -> None:
+        assert handler.write_soon("kept?\n")
+        assert handler.write_soon_rendered(broken, (), 10)
+        await asyncio.sleep(0)
+
+    asyncio.run(failing())
+    assert [record.getMessage() for record in reported] == ["2 batched lines"]
+    assert stream.getvalue() == "first\nsecond\nthird\n"
