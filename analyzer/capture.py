@@ -264,10 +264,13 @@ class MessageReader:
             start = stream.fed
             stream.fed += len(seg.payload)
             stream.data += seg.payload
-            stream.spans.append(
-                (start, stream.fed, seg.frame_numbers, seg.ts_ns, seg.source_file,
-                 seg.frame_sources)
-            )  # fmt: skip
+            if seg.frame_ends:  # several frames' bytes: a span for each frame's
+                _frame_spans(stream.spans, start, seg)
+            else:
+                stream.spans.append(
+                    (start, stream.fed, seg.frame_numbers, seg.ts_ns, seg.source_file,
+                     seg.frame_sources)
+                )  # fmt: skip
             cursor = stream.base
             for item in stream.framer.feed(seg.payload):
                 if isinstance(item, FramingError):
@@ -372,6 +375,17 @@ class MessageReader:
             )
             out.append(Anomaly(AnomalyKind.SIP_FRAMING, frame, ts, detail, source))
         return out
+
+
+def _frame_spans(spans: deque[_Span], start: int, seg: Segment) -> None:
+    """The spans of a chunk that several frames made (``seg.frame_ends``): one per frame, at
+    the chunk's time (when its bytes became available), with the frame's own input."""
+    sources = seg.frame_sources
+    lower = start
+    for index, (frame, end) in enumerate(zip(seg.frames, seg.frame_ends, strict=True)):
+        source = sources[index] if sources else seg.source_file
+        spans.append((lower, start + end, (frame,), seg.ts_ns, source, ()))
+        lower = start + end
 
 
 def _frames_of(spans: Iterable[_Span], start: int, end: int) -> tuple[list[int], tuple[int, ...]]:

@@ -35,7 +35,9 @@ class Segment:
     ``source_file`` is the index of the input file when several captures are merged (of
     ``frame`` on reassembled data); ``frame_sources``, parallel to ``frames``, gives the input
     of each frame when they differ (a TCP connection continued into the next rotated capture)
-    and is empty when every frame is from ``source_file``.
+    and is empty when every frame is from ``source_file``; ``frame_ends``, parallel to
+    ``frames`` on a reassembled chunk that several frames made, gives where each frame's bytes
+    end in ``payload`` (empty otherwise).
 
     A value, never changed once made; not a frozen dataclass only because one is made for every
     SIP packet of a capture and frozen construction (an ``object.__setattr__`` per field) cost
@@ -60,6 +62,7 @@ class Segment:
     end: bool = False
     encapsulation: str = ""
     frame_sources: tuple[int, ...] = ()
+    frame_ends: tuple[int, ...] = ()
 
     @property
     def frame_numbers(self) -> tuple[int, ...]:

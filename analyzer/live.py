@@ -343,7 +343,7 @@ class LivePipeline:
             Segment(
                 chunk.first_frame, chunk.ts_ns, src, sport, dst, dport, "tcp", chunk.data,
                 source_file=chunk.source_file, frames=chunk.frames, gap_before=chunk.gap_before,
-                end=chunk.end, frame_sources=chunk.frame_sources,
+                end=chunk.end, frame_sources=chunk.frame_sources, frame_ends=chunk.frame_ends,
             ),
             out,
         )  # fmt: skip

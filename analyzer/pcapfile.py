@@ -451,7 +451,7 @@ class _Pipeline:
         yield Segment(
             chunk.first_frame, chunk.ts_ns, src, sport, dst, dport, "tcp", chunk.data,
             source_file=chunk.source_file, frames=chunk.frames, gap_before=chunk.gap_before,
-            end=chunk.end, frame_sources=chunk.frame_sources,
+            end=chunk.end, frame_sources=chunk.frame_sources, frame_ends=chunk.frame_ends,
         )  # fmt: skip
 
     def _hep(self, data: bytes, frame: int, ts_ns: int, index: int) -> Iterator[Segment | Anomaly]:

@@ -61,7 +61,10 @@ class StreamChunk(NamedTuple):
     segment that made the bytes available; ``gap_before`` says bytes were lost just before;
     ``end`` marks the end of the direction (``data`` is then empty). ``source_file`` is the
     input index of ``first_frame``; ``frame_sources``, parallel to ``frames``, gives each
-    frame's input and is empty when they all come from ``source_file`` (the common case).
+    frame's input and is empty when they all come from ``source_file`` (the common case);
+    ``frame_ends``, parallel to ``frames``, where each frame's bytes end in ``data``, is empty
+    when one frame carried them all (so that a message is credited with the frames holding
+    its own bytes, not those of a neighbour released in the same chunk).
 
     RFC 9293 section 3.10.7.4 (segment arrival, in-order delivery).
     """
@@ -75,6 +78,7 @@ class StreamChunk(NamedTuple):
     end: bool = False
     source_file: int = 0
     frame_sources: tuple[int, ...] = ()
+    frame_ends: tuple[int, ...] = ()
 
 
 # Bytes with the frame that carried them and that frame's input index.
@@ -162,7 +166,7 @@ class TcpReassembler:
                 # A new SYN on a known 4-tuple: a new connection (port reuse).
                 self._end(key, d, seg, out, "connection restarted")
                 d = self._flows[key] = _Direction(
-                    (seg.seq + 1) % SEQ_MOD, seg.ts_ns, seg.source_file
+                    (seg.seq + 1) % SEQ_MOD, seg.ts_ns, seg.source_file, seg.frame
                 )
         seq = (seg.seq + 1) % SEQ_MOD if flags & TCP_SYN else seg.seq
         if seg.payload:
@@ -305,14 +309,25 @@ class TcpReassembler:
         data = b"".join(p for p, _, _ in parts)
         frames: list[int] = []
         sources: list[int] = []
-        for _, fr, src in parts:
+        ends: list[int] = []
+        end = 0
+        for part, fr, src in parts:
+            end += len(part)
             if not frames or frames[-1] != fr or sources[-1] != src:
                 frames.append(fr)
                 sources.append(src)
+                ends.append(end)
+            else:
+                ends[-1] = end
         first = sources[0]
         mixed = tuple(sources) if sources.count(first) != len(sources) else ()
         d.history = (d.history + data)[-HISTORY_BYTES:]
-        out.append(StreamChunk(key, data, frames[0], ts, tuple(frames), gap, False, first, mixed))
+        out.append(
+            StreamChunk(
+                key, data, frames[0], ts, tuple(frames), gap, False, first, mixed,
+                tuple(ends) if len(ends) > 1 else (),
+            )
+        )  # fmt: skip
 
     def _trim_old_buffered(
         self,

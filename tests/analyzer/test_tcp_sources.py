@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from analyzer.anomaly import Anomaly, AnomalyKind
-from analyzer.capture import MessageReader, ObservedMessage
+from analyzer.capture import MessageReader, ObservedMessage, messages_from_segments
 from analyzer.frames import TCP_PSH, TCP_SYN, Segment
 from analyzer.pcapfile import iter_segments
 from analyzer.tcpstream import MAX_BUFFERED_SEGMENTS, StreamChunk, TcpReassembler
@@ -215,17 +215,21 @@ def test_property_chunks_and_messages_keep_each_frames_source(
     pos = 0
     reader = MessageReader()
     messages: list[ObservedMessage] = []
-    spans: list[tuple[int, int, list[tuple[int, int]]]] = []  # chunk bytes and their frames
     for chunk in chunks:
         if chunk.data:
             expected = _dedup(owner[pos : pos + len(chunk.data)], consecutive=True)
             assert _pairs(chunk.frames, chunk.source_file, chunk.frame_sources) == expected
-            spans.append((pos, pos + len(chunk.data), expected))
-            pos += len(chunk.data)
+            # Where each frame's bytes end in the chunk (none given for a chunk of one frame).
+            end = pos + len(chunk.data)
+            ends = [
+                i + 1 - pos for i in range(pos, end) if i + 1 == end or owner[i + 1] != owner[i]
+            ]
+            assert chunk.frame_ends == (tuple(ends) if len(ends) > 1 else ())
+            pos = end
         src, sport, dst, dport = chunk.flow
         seg = Segment(chunk.first_frame, chunk.ts_ns, src, sport, dst, dport, "tcp", chunk.data,
                       source_file=chunk.source_file, frames=chunk.frames, end=chunk.end,
-                      frame_sources=chunk.frame_sources)  # fmt: skip
+                      frame_sources=chunk.frame_sources, frame_ends=chunk.frame_ends)  # fmt: skip
         for item in reader.feed(seg):
             assert isinstance(item, ObservedMessage), item
             messages.append(item)
@@ -233,11 +237,10 @@ def test_property_chunks_and_messages_keep_each_frames_source(
     start = 0
     for message in messages:
         end = start + len(message.raw)
-        # A message is credited with every frame of the chunks holding its bytes.
-        held = [pair for lo, hi, pairs in spans if lo < end and hi > start for pair in pairs]
-        expected = _dedup(held, consecutive=False)
+        # A message is credited with exactly the frames holding its bytes, in stream order
+        # (not a neighbour's released in the same chunk).
+        expected = _dedup(owner[start:end], consecutive=False)
         assert _pairs(message.frames, message.source_file, message.frame_sources) == expected
-        assert set(_dedup(owner[start:end], consecutive=False)) <= set(expected)
         start = end
     assert start == len(STREAM)
 
@@ -289,3 +292,53 @@ def test_a_connection_known_as_sip_stays_sip_in_the_next_file(
     assert set(records) == {"call-1", "call-2"}
     call2 = records["call-2"]
     assert list(zip(call2["frames"], call2["frame_sources"], strict=True)) == [(3, 0), (1, 1)]
+
+
+def test_a_message_is_not_credited_with_a_neighbours_frame() -> None:
+    """INVITE 1 in frames 2 and 4, INVITE 2 in frame 3, captured 2, 3, 4: frame 4 releases
+    INVITE 1's tail and the buffered INVITE 2 in one chunk; each message lists only the frames
+    holding its own bytes, and the chunk says where each frame's bytes end."""
+    inv1, inv2 = _sip("INVITE", 1), _sip("INVITE", 2, 100)
+    half = len(inv1) // 2
+    segments = [
+        Segment(1, 0, *FWD, "tcp", b"", ISN, TCP_SYN),
+        Segment(2, 1, *FWD, "tcp", inv1[:half], ISN + 1, TCP_PSH),
+        Segment(3, 2, *FWD, "tcp", inv2, ISN + 1 + len(inv1), TCP_PSH),
+        Segment(4, 3, *FWD, "tcp", inv1[half:], ISN + 1 + half, TCP_PSH),
+    ]
+    tcp = TcpReassembler()
+    chunks = [chunk for seg in segments for chunk in tcp.feed(seg)]
+    assert [(c.frames, c.frame_ends) for c in chunks] == [
+        ((2,), ()),
+        ((4, 3), (len(inv1) - half, len(inv1) - half + len(inv2))),
+    ]
+    reader = MessageReader()
+    messages = []
+    for chunk in chunks:
+        src, sport, dst, dport = chunk.flow
+        seg = Segment(chunk.first_frame, chunk.ts_ns, src, sport, dst, dport, "tcp", chunk.data,
+                      frames=chunk.frames, frame_ends=chunk.frame_ends)  # fmt: skip
+        messages += reader.feed(seg)
+    assert [(m.frames, m.ts_ns) for m in messages if isinstance(m, ObservedMessage)] == [
+        ((2, 4), 3),
+        ((3,), 3),  # before: (4, 3), frame 4 holding none of its bytes
+    ]
+
+
+def test_pipeline_segments_carry_frame_ends(tmp_path: Path) -> None:
+    """``iter_segments`` hands the chunk's frame ends on (the capture reader's own path)."""
+    inv1, inv2 = _sip("INVITE", 1), _sip("INVITE", 2, 100)
+    half = len(inv1) // 2
+    psh = gen.TCP_PSH | gen.TCP_ACK
+    packets = [
+        _packet(True, ISN, gen.TCP_SYN, b""),
+        _packet(True, ISN + 1, psh, inv1[:half]),
+        _packet(True, ISN + 1 + len(inv1), psh, inv2),
+        _packet(True, ISN + 1 + half, psh, inv1[half:]),
+    ]
+    (tmp_path / "a.pcap").write_bytes(_pcap(packets, T0))
+    items = list(iter_segments([tmp_path / "a.pcap"]))
+    fwd = [(s.frames, s.frame_ends) for s in items if isinstance(s, Segment) and s.payload]
+    assert fwd == [((2,), ()), ((4, 3), (len(inv1) - half, len(inv1) - half + len(inv2)))]
+    messages = [m for m in messages_from_segments(items) if isinstance(m, ObservedMessage)]
+    assert [m.frames for m in messages] == [(2, 4), (3,)]

@@ -192,6 +192,16 @@ def test_port_reuse_new_syn_restarts_direction() -> None:
     assert [c.data for c in chunks if c.data] == [b"first", b"second"]
 
 
+def test_port_reuse_syn_is_the_new_directions_last_frame() -> None:
+    """A direction restarted by a new SYN that sees nothing more ends at that SYN's frame
+    (not at frame 0, which no capture has)."""
+    r = TcpReassembler()
+    run(r, [seg(0, flags=TCP_SYN, frame=1), seg(1, b"first", frame=2)])
+    chunks = run(r, [seg(5000, flags=TCP_SYN, frame=3, ts=5)]) + r.flush()
+    ends = [(c.first_frame, c.ts_ns) for c in chunks if c.end]
+    assert ends == [(3, 5), (3, 5)]  # the old connection ended by the SYN; the new one idle
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     isn=st.integers(0, 2**32 - 1),
