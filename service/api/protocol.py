@@ -88,7 +88,14 @@ class TurnFlush:
         waiting, self._waiting = self._waiting, []
         for transport in waiting:
             transport._queued = False
-            transport.flush()
+        failed: Exception | None = None
+        for transport in waiting:
+            try:
+                transport.flush()
+            except Exception as exc:  # one connection's failure must not hold the others'
+                failed = failed or exc
+        if failed is not None:
+            raise failed  # to the loop's exception handler, as a callback's own would go
 
 
 _TURN_FLUSHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnFlush] = (

@@ -493,3 +493,37 @@ def test_many_pipelined_requests_behind_an_asgi_one(
     ]
     assert len(depths) == count + 2  # the warm-up and the bad request too
     assert max(depths) < 100
+
+
+def test_a_failed_pass_on_does_not_hold_the_turns_other_connections() -> None:
+    """A transport whose write fails in the turn's flush: the other connections written to in
+    that turn still get their bytes, the error goes to the loop's exception handler, and the
+    failed connection is flushed again at its next write."""
+
+    class Failing(RecordingTransport):
+        fail = True
+
+        def write(self, data: bytes) -> None:
+            if self.fail:
+                self.fail = False
+                raise OSError("broken pipe")
+            super().write(data)
+
+    async def run() -> tuple[RecordingTransport, RecordingTransport, list[Any]]:
+        loop = asyncio.get_running_loop()
+        errors: list[Any] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+        failing, fine = Failing(), RecordingTransport()
+        first = CoalescingTransport(failing, loop)  # type: ignore[arg-type]
+        second = CoalescingTransport(fine, loop)  # type: ignore[arg-type]
+        first.write(b"lost")
+        second.write(b"kept")
+        await asyncio.sleep(0)
+        first.write(b"again")
+        await asyncio.sleep(0)
+        return failing, fine, errors
+
+    failing, fine, errors = asyncio.run(run())
+    assert fine.writes == [b"kept"]
+    assert failing.writes == [b"again"]
+    assert [type(e) for e in errors] == [OSError]
