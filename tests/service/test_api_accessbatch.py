@@ -272,7 +272,7 @@ def test_rendered_lines_are_made_when_the_batch_is_written(handler: LineBatching
     assert not handler.write_soon_rendered(render, ("x",), 1)  # no loop: not taken
 
     reported: list[logging.LogRecord] = []
-    handler.handleError = reported.append  # type: ignore[method-assign]
+    handler.handleError = reported.append  # type: ignore[method-assign,assignment]
 
     def broken() -> str:
         raise ValueError("no line")

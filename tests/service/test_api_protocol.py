@@ -430,9 +430,9 @@ def test_answers_of_one_turn_go_out_together_after_its_reads(tmp_path: Path) -> 
                 protocol = config.http_protocol_class(  # type: ignore[call-arg]
                     config=config, server_state=ServerState(), app_state={}
                 )
-                protocol.connection_made(transport)
+                protocol.connection_made(transport)  # type: ignore[arg-type]
                 protocols.append(protocol)
-            loop.call_soon = counting  # type: ignore[method-assign]
+            loop.call_soon = counting  # type: ignore[method-assign,assignment]
             try:
                 writes = []
                 for protocol, transport in zip(protocols, transports, strict=True):
