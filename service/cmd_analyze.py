@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -214,8 +215,12 @@ def _open_job(args: argparse.Namespace, output: PartOutput | None = None) -> Ana
 
         if args.workers is not None:
             raise UsageError("--workers and --cluster exclude each other")
+        # Once the cluster's client is up, what this process has built (the modules, Dask's
+        # among them, the client and a local cluster's scheduler) lives as long as the run:
+        # frozen out of the collector's reach, the full collections the merge's allocations
+        # trigger do not walk it (measured: ~0.1 s of CPU on a 40,000-call run).
         try:
-            pool = DaskPoolFactory(parse_cluster(args.cluster))
+            pool = DaskPoolFactory(parse_cluster(args.cluster), on_connect=gc.freeze)
         except ValueError as exc:
             raise UsageError(f"--cluster: {exc}") from exc
     elif args.cluster_mode != "auto":

@@ -244,7 +244,7 @@ def test_partitioned_local_run_copies_the_workers_lines_from_spill_files(
 
     # In-process workers (the spill directory is the same for any worker on this machine).
     factory = cluster_module.DaskPoolFactory
-    in_process = lambda spec: factory(spec, processes=False)  # noqa: E731
+    in_process = lambda spec, **kw: factory(spec, processes=False, **kw)  # noqa: E731
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SpillOutput, "write", counting)
         patch.setattr(cluster_module, "DaskPoolFactory", in_process)
@@ -286,3 +286,18 @@ def test_local_cluster_runs_without_dask_diagnostics() -> None:
     finally:
         factory.close()
     assert dask.config.get("distributed.worker.profile.enabled") == profiling
+
+
+def test_on_connect_runs_once_the_client_is_up() -> None:
+    """``on_connect`` (the command line's ``gc.freeze``) runs once, when the client connects."""
+    calls: list[object] = []
+    factory = DaskPoolFactory(
+        parse_cluster("local:1"), processes=False, on_connect=lambda: calls.append(factory._client)
+    )
+    try:
+        assert calls == []
+        client = factory.client()
+        assert factory.client() is client
+        assert len(calls) == 1
+    finally:
+        factory.close()
