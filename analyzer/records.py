@@ -309,43 +309,25 @@ class Summary:
             record = record.digest()
         self.calls += 1
         verdict = record.verstat or "error"
-        counter = self.verstat
-        if verdict in counter:
-            counter[verdict] += 1
-        else:
-            _bump(counter, verdict)
-        key = record.attest or NO_ATTEST
-        counter = self.attest
-        if key in counter:
-            counter[key] += 1
-        else:
-            _bump(counter, key)
+        transport = record.transport
+        for counter, key in (
+            (self.verstat, verdict),
+            (self.attest, record.attest or NO_ATTEST),
+            (self.final_status, str(record.final_status or "none")),
+            (self.states, record.state),
+            (
+                self.transports,
+                f"{record.encapsulation}/{transport}" if record.encapsulation else transport,
+            ),
+        ):
+            if key in counter:
+                counter[key] += 1
+            else:
+                _bump(counter, key)
         if record.signer_spc or record.signer_org:
             _bump(self.signers, signer_label(record.signer_spc, record.signer_org))
         if record.reason:
             _bump(self.reasons, record.reason)
-        key = str(record.final_status or "none")
-        counter = self.final_status
-        if key in counter:
-            counter[key] += 1
-        else:
-            _bump(counter, key)
-        key = record.state
-        counter = self.states
-        if key in counter:
-            counter[key] += 1
-        else:
-            _bump(counter, key)
-        key = (
-            f"{record.encapsulation}/{record.transport}"
-            if record.encapsulation
-            else record.transport
-        )
-        counter = self.transports
-        if key in counter:
-            counter[key] += 1
-        else:
-            _bump(counter, key)
         for kind in record.anomaly_kinds:
             _bump(self.anomalies, kind)
         start = record.start_ns
