@@ -380,10 +380,8 @@ class MessageReader:
 def _frame_spans(spans: deque[_Span], start: int, seg: Segment) -> None:
     """The spans of a chunk that several frames made (``seg.frame_ends``): one per frame, at
     the chunk's time (when its bytes became available), with the frame's own input."""
-    sources = seg.frame_sources
     lower = start
-    for index, (frame, end) in enumerate(zip(seg.frames, seg.frame_ends, strict=True)):
-        source = sources[index] if sources else seg.source_file
+    for frame, source, end in zip(seg.frames, seg.frame_source_list, seg.frame_ends, strict=True):
         spans.append((lower, start + end, (frame,), seg.ts_ns, source, ()))
         lower = start + end
 

@@ -69,6 +69,11 @@ class Segment:
         """Every frame that contributed to this payload (at least ``frame``)."""
         return self.frames or (self.frame,)
 
+    @property
+    def frame_source_list(self) -> tuple[int, ...]:
+        """The input index of every frame in ``frame_numbers`` (parallel to it)."""
+        return self.frame_sources or (self.source_file,) * len(self.frame_numbers)
+
 
 @dataclass(frozen=True, slots=True)
 class Fragment:
