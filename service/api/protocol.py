@@ -20,7 +20,10 @@ class; the parser is still httptools) removes both without changing a byte on th
   real transport's protocol, so flow control (``pause_writing``) still reaches uvicorn.
 * The hot route inline. ``POST /stir/v1/verification`` is held back when uvicorn would start
   its ASGI task, until its body is complete, and ``service.api.hotpath.HotVerification``
-  answers it synchronously. The answer is written as the request's own
+  answers it synchronously: the requests of one event-loop turn together, by one callback
+  once the loop has read every connection that was ready (``TurnAnswers``; the route takes
+  each step for all of them in turn, see ``service.api.hotpath``), which then passes their
+  answers on at once. The answer is written as the request's own
   ``RequestResponseCycle.send`` would write a 200 with its headers (uvicorn's default
   headers, ``connection: close`` when the connection is not kept alive), the cycle left as
   ``send`` leaves it, and uvicorn's completion callback run, without the two ``send``
@@ -31,9 +34,9 @@ class; the parser is still httptools) removes both without changing a byte on th
   cannot answer (an error to report, a certificate to fetch, a body over the limit, a client
   that expects ``100 Continue``, a write side paused by flow control, a server shutting
   down), the request gets its ordinary ASGI task with the body already read, so every answer
-  is the ASGI path's answer. Pipelined requests keep uvicorn's order: a held request is
-  answered before the parser reads the next one, and a request queued behind an unfinished
-  one is answered when uvicorn starts it.
+  is the ASGI path's answer. Pipelined requests keep uvicorn's order: a request read behind
+  one not answered yet waits in uvicorn's pipeline, and is answered with the turn's answers
+  after uvicorn starts it (one pipelined request a turn, as uvicorn's tasks take them).
 
 Every Python call counts at this rate (tens of thousands of requests a second on one core),
 so the per-request methods of uvicorn's protocol that run for every request --
@@ -62,7 +65,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from service.api.hotpath import HotVerification, hot_route
+from service.api.hotpath import Answer, HotVerification, hot_route
 
 # Response headers that ``RequestResponseCycle.send`` interprets rather than just writes.
 _INTERPRETED_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
@@ -108,6 +111,72 @@ def turn_flush(loop: asyncio.AbstractEventLoop) -> TurnFlush:
     found = _TURN_FLUSHES.get(loop)
     if found is None:
         found = _TURN_FLUSHES[loop] = TurnFlush(loop)
+    return found
+
+
+class TurnAnswers:
+    """The hot-route requests of one event loop whose bodies completed during the current
+    turn, answered together by one callback once the turn's reads are done (module
+    docstring): each ``HotVerification`` answers its requests in one ``answer_all``, then
+    the answers are written in the order the requests completed and passed on at once."""
+
+    __slots__ = ("__weakref__", "_loop", "_waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiting: list[tuple[StirHttpProtocol, RequestResponseCycle, Any]] = []
+
+    def add(self, protocol: StirHttpProtocol, cycle: RequestResponseCycle, app: Any) -> None:
+        waiting = self._waiting
+        if not waiting:
+            self._loop.call_soon(self.run)
+        waiting.append((protocol, cycle, app))
+
+    def run(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        # Requests the protocol can no longer answer here go to the ASGI path (``_answered``
+        # with no answer); the others are asked of their route, each route once.
+        asked: dict[HotVerification, list[int]] = {}
+        for index, (protocol, cycle, _) in enumerate(waiting):
+            hot = protocol._hot
+            if hot is not None and not cycle.disconnected and not cycle.flow.write_paused:
+                asked.setdefault(hot, []).append(index)
+        answers: list[Answer | None] = [None] * len(waiting)
+        for hot, indexes in asked.items():
+            requests = [(waiting[i][1].scope, bytes(waiting[i][1].body)) for i in indexes]
+            for index, answer in zip(indexes, hot.answer_all(requests), strict=True):  # type: ignore[arg-type]
+                answers[index] = answer
+        written: list[CoalescingTransport] = []
+        failed: Exception | None = None
+        for (protocol, cycle, app), answer in zip(waiting, answers, strict=True):
+            wrapped = protocol._coalescing
+            if wrapped is not None and not wrapped.holding:
+                wrapped.holding = True  # gathered here, passed on below
+                written.append(wrapped)
+            try:
+                protocol._answered(cycle, app, answer)
+            except Exception as exc:  # one connection's failure must not hold the others'
+                failed = failed or exc
+        for wrapped in written:
+            wrapped.holding = False
+            try:
+                wrapped.flush()
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed  # to the loop's exception handler, as a callback's own would go
+
+
+_TURN_ANSWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnAnswers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def turn_answers(loop: asyncio.AbstractEventLoop) -> TurnAnswers:
+    """The ``TurnAnswers`` of ``loop`` (one per loop, made at its first connection)."""
+    found = _TURN_ANSWERS.get(loop)
+    if found is None:
+        found = _TURN_ANSWERS[loop] = TurnAnswers(loop)
     return found
 
 
@@ -220,6 +289,7 @@ class StirHttpProtocol(HttpToolsProtocol):
 
     _hot: HotVerification | None = None
     _coalescing: CoalescingTransport | None = None
+    _answers: TurnAnswers | None = None
     # The held request (hot route, body not complete yet) and the app uvicorn gave it.
     _held: tuple[RequestResponseCycle, Any] | None = None
     # The last default header list seen and its encoded head (None: ``send`` writes it).
@@ -232,6 +302,7 @@ class StirHttpProtocol(HttpToolsProtocol):
         self._coalescing = wrapped
         super().connection_made(wrapped)  # type: ignore[arg-type]
         self._hot = hot_route(self.app)
+        self._answers = turn_answers(self.loop)
 
     def data_received(self, data: bytes) -> None:
         wrapped = self._coalescing
@@ -270,10 +341,9 @@ class StirHttpProtocol(HttpToolsProtocol):
         elif cycle.more_body:
             self._held = (cycle, app)  # answered when the body is complete
         else:
-            # A pipelined request, read in full while queued: uvicorn starts it from the
-            # previous answer's completion, so answering here would nest each queued answer in
-            # the one before (a deep stack for a long pipeline). Next turn of the loop instead.
-            self.loop.call_soon(self._answer, cycle, app)
+            # A pipelined request, read in full while queued (uvicorn starts it from the
+            # previous answer's completion): answered with the next turn's answers.
+            self._answer(cycle, app)
 
     # The held request's body and end are kept as uvicorn's ``on_body`` and
     # ``on_message_complete`` keep them, but for its ``message_event``: only the ASGI task's
@@ -363,11 +433,13 @@ class StirHttpProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def _answer(self, cycle: RequestResponseCycle, app: Any) -> None:
-        hot = self._hot
-        assert hot is not None
-        answer = None
-        if not cycle.disconnected and not cycle.flow.write_paused:
-            answer = hot.answer(cycle.scope, bytes(cycle.body))  # type: ignore[arg-type]
+        """Answer ``cycle`` (its body complete) with the turn's other answers."""
+        answers = self._answers
+        assert answers is not None  # set with the hot route, at connection_made
+        answers.add(self, cycle, app)
+
+    def _answered(self, cycle: RequestResponseCycle, app: Any, answer: Answer | None) -> None:
+        """Write ``answer`` for ``cycle``; None: the ASGI path answers it."""
         if answer is None:
             self._start_held(cycle, app)
             return

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from json.scanner import make_scanner
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -60,7 +60,7 @@ from service.api.models import (
     signing_response,
 )
 from service.api.state import ServiceState, app_state, get_state
-from service.loop_source import WouldBlock
+from service.loop_source import Verify, WouldBlock
 from shaken.result import VerificationResult
 from shaken.signing import identity_header_value, sign_passport
 from shaken.verifier import VerificationRequest
@@ -415,19 +415,18 @@ def _preamble(state: ServiceState, headers: Mapping[str, str], scope: asgi.Scope
     return flavour
 
 
-def _answer(
+def verification_answer(
     metrics: ApiMetrics,
     result: VerificationResult,
-    started: float,
+    seconds: float,
     flavour: Flavour,
     request_id: str | None,
 ) -> bytes:
+    """The 200 body for ``result``, counted in ``metrics`` (``seconds``: the verifier's time)."""
     reason = result.reason
     # ``_value_`` is what ``Enum.value`` returns, without the two calls of that property.
     metrics.count_verification(
-        result.verstat._value_,
-        reason._value_ if reason else "none",
-        time.perf_counter() - started,
+        result.verstat._value_, reason._value_ if reason else "none", seconds
     )
     return verification_json(result, flavour, request_id)
 
@@ -440,7 +439,7 @@ async def _verification(
     limit = state.config.max_body_bytes
     body = json_object(await read_body(receive, limit), headers.get("content-type", ""))
     core, shape, request_id = verification_input(body)
-    at = datetime.fromtimestamp(state.config.clock(), UTC)
+    at = verification_time(state)
     started = time.perf_counter()
     if state.verify_cached is None or scope.get(COLD_SCOPE_KEY):
         result = await _verify_in_pool(state, core, at)
@@ -449,40 +448,45 @@ async def _verification(
             result = state.verify_cached(core, at)
         except WouldBlock:  # a certificate or CRL to fetch first
             result = await _verify_in_pool(state, core, at)
-    return _answer(app.state.metrics, result, started, flavour or shape, request_id)
+    seconds = time.perf_counter() - started
+    return verification_answer(app.state.metrics, result, seconds, flavour or shape, request_id)
 
 
-def verification_now(
-    app: Starlette,
-    headers: Mapping[str, str],
-    scope: asgi.Scope,
-    body: bytes,
-    metrics: ApiMetrics | None = None,
-) -> bytes | None:
-    """The verification route's 200 body for a request whose body has been read, computed
-    on the event loop: the same checks, in the same order, as the ASGI path (``ApiError``
-    for the first that fails), then the warm-cache verification. None, with
-    ``COLD_SCOPE_KEY`` set in ``scope``, when a certificate or CRL must be fetched first
-    (that must not happen on the loop), or when the server verifies in the pool only.
-    ``metrics``: the app's (``app.state.metrics``), when the caller has them at hand."""
+class PreparedVerification(NamedTuple):
+    """A verification request past the route's checks: what the verifier and the answer need."""
+
+    state: ServiceState
+    verify: Verify  # ``state.verify_cached``
+    request: VerificationRequest
+    flavour: Flavour
+    request_id: str | None
+
+
+def prepare_verification(
+    app: Starlette, headers: Mapping[str, str], scope: asgi.Scope, body: bytes
+) -> PreparedVerification | None:
+    """The verification route's checks, in the same order as the ASGI path (``ApiError`` for
+    the first that fails), and the verifier's input, for a request whose body has been read;
+    None when the server verifies in the pool only (the ASGI path then does it all). The
+    verification itself is ``verify(request, at)`` (``WouldBlock`` when a
+    certificate or CRL must be fetched first, which must not happen on the event loop), its
+    answer ``verification_answer``: ``service.api.hotpath`` runs each step for every request
+    of an event-loop turn in turn."""
     state = app_state(app)
-    if state.verify_cached is None:
+    verify = state.verify_cached
+    if verify is None:
         return None  # before any work: the ASGI path would do it all again
     flavour = _preamble(state, headers, scope)
     limit = state.config.max_body_bytes
     if len(body) > limit:
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, str(limit))
     core, shape, request_id = verification_input(json_object(body, headers.get("content-type", "")))
-    at = datetime.fromtimestamp(state.config.clock(), UTC)
-    started = time.perf_counter()
-    try:
-        result = state.verify_cached(core, at)
-    except WouldBlock:
-        scope[COLD_SCOPE_KEY] = True
-        return None
-    if metrics is None:
-        metrics = app.state.metrics
-    return _answer(metrics, result, started, flavour or shape, request_id)
+    return PreparedVerification(state, verify, core, flavour or shape, request_id)
+
+
+def verification_time(state: ServiceState) -> datetime:
+    """The server's clock now, as the verifier judges freshness against it."""
+    return datetime.fromtimestamp(state.config.clock(), UTC)
 
 
 async def _verify_in_pool(

@@ -303,14 +303,14 @@ def test_warm_verifications_are_answered_inline_in_one_write(tmp_path: Path) -> 
             hot = hot_route(app)
             assert isinstance(hot, HotVerification)
             inline: list[bool] = []
-            answer = hot.answer
+            answer_all = hot.answer_all
 
-            def counted(scope: Any, body: bytes) -> Any:
-                result = answer(scope, body)
-                inline.append(result is not None)
-                return result
+            def counted(requests: Any) -> Any:
+                answers = answer_all(requests)
+                inline.extend(answer is not None for answer in answers)
+                return answers
 
-            hot.answer = counted  # type: ignore[method-assign]
+            hot.answer_all = counted  # type: ignore[method-assign]
             cold = await _drive(app, StirHttpProtocol, bodies, len(bodies))
             warm = await _drive(app, StirHttpProtocol, bodies, len(bodies))
             return [cold, warm], inline
@@ -404,24 +404,24 @@ def test_coalescing_transport_keeps_order_and_flushes_before_close() -> None:
 
 
 def test_answers_of_one_turn_go_out_together_after_its_reads(tmp_path: Path) -> None:
-    """Connections read in one turn of the loop are answered inline, and their answers passed
-    on after the last read, by one callback; each connection's bytes and order are kept, and
-    a connection written to again in the same turn is flushed once."""
+    """Requests read in one turn of the loop are answered together after the last read, by
+    one callback that also passes the answers on, one write a connection; a request that
+    came behind an unanswered one on its connection (pipelined) is answered by the next
+    callback. Each connection's bytes and order are kept."""
     app = create_app(make_config(tmp_path))
     request = _request(_json(atis_body(fixture_call(CALLS[0]))))
 
-    async def run() -> tuple[list[RecordingTransport], list[int], int]:
+    async def run() -> tuple[list[RecordingTransport], list[list[int]], list[str]]:
         async with app.router.lifespan_context(app):
             await _drive(app, StirHttpProtocol, [request], 1)  # the certificate, cached
             config = Config(app=app, http=StirHttpProtocol, lifespan="off", log_config=None)
             config.load()
             loop = asyncio.get_running_loop()
-            scheduled = 0
+            scheduled: list[str] = []
             call_soon = loop.call_soon
 
             def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
-                nonlocal scheduled
-                scheduled += getattr(callback, "__name__", "") == "run"
+                scheduled.append(getattr(callback, "__qualname__", ""))
                 return call_soon(callback, *args, **kwargs)
 
             transports = [RecordingTransport() for _ in range(3)]
@@ -435,24 +435,85 @@ def test_answers_of_one_turn_go_out_together_after_its_reads(tmp_path: Path) -> 
             loop.call_soon = counting  # type: ignore[method-assign,assignment]
             try:
                 writes = []
-                for protocol, transport in zip(protocols, transports, strict=True):
+                for protocol in [*protocols, protocols[0]]:  # the first connection twice
                     protocol.data_received(request)
-                    writes.append(len(transport.writes))
-                protocols[0].data_received(request)  # the first connection again, same turn
-                writes.append(len(transports[0].writes))
+                    writes.append([len(t.writes) for t in transports])
                 await asyncio.sleep(0)
+                writes.append([len(t.writes) for t in transports])
+                await asyncio.sleep(0)
+                writes.append([len(t.writes) for t in transports])
             finally:
                 loop.call_soon = call_soon  # type: ignore[method-assign]
             return transports, writes, scheduled
 
     transports, writes, scheduled = asyncio.run(run())
-    assert writes == [0, 0, 0, 0]  # nothing passed on while the turn reads
-    assert scheduled == 1  # one callback for the turn's connections
-    assert [len(t.writes) for t in transports] == [1, 1, 1]
+    # Nothing answered while the turn reads; then one write each; then the pipelined one.
+    assert writes == [[0, 0, 0]] * 4 + [[1, 1, 1], [2, 1, 1]]
+    assert [name for name in scheduled if name.startswith("Turn")] == ["TurnAnswers.run"] * 2
     answers = [_responses(t.output) for t in transports]
     assert [len(a) for a in answers] == [2, 1, 1]
     assert all(b"200 OK" in head for a in answers for head, _ in a)
     assert answers[0][0][1] == answers[0][1][1] == answers[1][0][1]
+
+
+def test_requests_of_a_turn_are_verified_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route's steps run for every request of the turn in turn (all checked and mapped,
+    then all verified, then all answered), each request counted and logged as it would be
+    alone; a request the turn cannot answer (a bad body) goes to the ASGI path and leaves the
+    others' answers as they are."""
+    from service.api import hotpath
+
+    app = create_app(make_config(tmp_path))
+    calls: list[str] = []
+    for name in ("prepare_verification", "verification_answer"):
+        original = getattr(hotpath, name)
+
+        def traced(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(hotpath, name, traced)
+    bodies = [_request(_json(atis_body(fixture_call(name)))) for name in CALLS]
+    bodies.insert(1, _request(b'{"verificationRequest": 3}'))
+
+    async def run() -> list[RecordingTransport]:
+        async with app.router.lifespan_context(app):
+            await _drive(app, StirHttpProtocol, bodies[:1], 1)  # the certificates, cached
+            await _drive(app, StirHttpProtocol, bodies[2:], 2)
+            state = app.state.stirscope
+            verify = state.verify_cached
+
+            def traced_verify(*args: Any) -> Any:
+                calls.append("verify")
+                return verify(*args)
+
+            state.verify_cached = traced_verify
+            calls.clear()
+            config = Config(app=app, http=StirHttpProtocol, lifespan="off", log_config=None)
+            config.load()
+            transports = [RecordingTransport() for _ in bodies]
+            for transport, body in zip(transports, bodies, strict=True):
+                protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=ServerState(), app_state={}
+                )
+                protocol.connection_made(transport)  # type: ignore[arg-type]
+                protocol.data_received(body)
+            for _ in range(200):
+                await asyncio.sleep(0.001)
+                if all(t.writes for t in transports):
+                    break
+            return transports
+
+    transports = asyncio.run(run())
+    metrics = asyncio.run(_metrics(app))
+    steps = ["prepare_verification", "verify", "verification_answer"]
+    assert calls == [step for step in steps for _ in range(4 if step == steps[0] else 3)]
+    heads = [_responses(t.output)[0][0].split(b"\r\n")[0] for t in transports]
+    assert heads == [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request", *[b"HTTP/1.1 200 OK"] * 2]
+    counted = re.findall(r"stirscope_verifications_total\{[^}]*\} ([0-9.e+]+)", metrics)
+    assert sum(float(n) for n in counted) == 3 + 3  # the warm-up's and this turn's
 
 
 def _depth() -> int:
@@ -526,4 +587,38 @@ def test_a_failed_pass_on_does_not_hold_the_turns_other_connections() -> None:
     failing, fine, errors = asyncio.run(run())
     assert fine.writes == [b"kept"]
     assert failing.writes == [b"again"]
+    assert [type(e) for e in errors] == [OSError]
+
+
+def test_a_failed_answer_does_not_hold_the_turns_other_answers(tmp_path: Path) -> None:
+    """Two connections answered in one turn, the first one's transport failing as its answer
+    is passed on: the second still gets its answer, and the error goes to the loop's
+    exception handler."""
+    app = create_app(make_config(tmp_path))
+    request = _request(_json(atis_body(fixture_call(CALLS[0]))))
+
+    class Failing(RecordingTransport):
+        def write(self, data: bytes) -> None:
+            raise OSError("broken pipe")
+
+    async def run() -> tuple[RecordingTransport, list[Any]]:
+        async with app.router.lifespan_context(app):
+            await _drive(app, StirHttpProtocol, [request], 1)  # the certificate, cached
+            loop = asyncio.get_running_loop()
+            errors: list[Any] = []
+            loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+            config = Config(app=app, http=StirHttpProtocol, lifespan="off", log_config=None)
+            config.load()
+            fine = RecordingTransport()
+            for transport in (Failing(), fine):
+                protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=ServerState(), app_state={}
+                )
+                protocol.connection_made(transport)  # type: ignore[arg-type]
+                protocol.data_received(request)
+            await asyncio.sleep(0)
+            return fine, errors
+
+    fine, errors = asyncio.run(run())
+    assert [b"200 OK" in head for head, _ in _responses(fine.output)] == [True]
     assert [type(e) for e in errors] == [OSError]
