@@ -20,10 +20,12 @@ generator shares the machine's cores with the server: on a 2-core machine the 2-
 is bounded by that. So the server runs also report CPU time per request (user + system, from
 /proc on Linux) of the server's processes and of the load generator: while the generator's is
 a fraction of the server's and far from a core of its own, the generator is not what limits
-the rate. Every rate is the best of REPEATS runs (the machine is shared); the ratio of an HTTP
-row is the median of its runs' rates over the in-process rate measured right before and after
-each run, since the speed of a shared machine drifts over minutes. Ratios matter, not
-absolutes.
+the rate. The in-process rates are the best of REPEATS runs. The servers run side by side:
+all started first, then ROUNDS rounds in which each configuration takes one load run, in an
+order rotated from round to round; an HTTP row gives each figure's median over its runs, and
+its ratio is the median of its runs' rates over the in-process rate measured right before and
+after each run (the speed of a shared machine drifts over minutes and swings from second to
+second: one run in one stretch says little). Ratios matter, not absolutes.
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ CONCURRENCY = 16
 # while the load runs, each goes more likely to a worker that is not busy.
 STAGGER_S = 0.005
 REPEATS = 3
+# Rounds of HTTP runs: each round runs every server configuration once, in a rotated order.
+ROUNDS = 3 if QUICK else 7
 WARMUP_S = 1.0
-MEASURE_S = 2.0 if QUICK else 5.0
+MEASURE_S = 2.0 if QUICK else 3.0
 IN_PROCESS_N = 2000 if QUICK else 5000
 # Verifications of the in-process rate measured before and after each HTTP run (~0.3 s).
 PROBE_N = 2000
@@ -305,13 +309,16 @@ def _wrk(wrk: str, port: int, script: Path, seconds: float) -> tuple[int, float,
     return requests, micros / 1e6, failed, p50 / 1000, p99 / 1000
 
 
-def _measure_wrk(wrk: str, pid: int, port: int, body: bytes, tmp: Path) -> HttpRun:
+def _wrk_script(body: bytes, tmp: Path) -> Path:
     script = tmp / "load.lua"
     script.write_text(WRK_SCRIPT % {
         "body": json.dumps(body.decode()),
         "authorization": json.dumps(f"Bearer {API_KEY}"),
     })  # fmt: skip
-    _wrk(wrk, port, script, WARMUP_S)
+    return script
+
+
+def _measure_wrk(wrk: str, pid: int, port: int, script: Path) -> HttpRun:
     server_before = _cpu_seconds(pid)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_before = usage.ru_utime + usage.ru_stime
@@ -324,13 +331,33 @@ def _measure_wrk(wrk: str, pid: int, port: int, body: bytes, tmp: Path) -> HttpR
     return HttpRun(served / seconds, p50, p99, server / served * 1e6, client / served * 1e6)
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One configuration's HTTP runs and, for each, its rate over the in-process rate
+    measured right before and after it."""
+
+    runs: list[HttpRun]
+    ratios: list[float]
+
+    @property
+    def median(self) -> HttpRun:
+        """Each figure's median over the runs."""
+        return HttpRun(*(statistics.median(getattr(r, f) for r in self.runs) for f in _FIELDS))
+
+
+_FIELDS = ("rate", "p50_ms", "p99_ms", "server_us", "client_us")
+
+
 def over_http(
-    identity: str, now: int, workers: int, extra: list[str], local: InProcess
-) -> tuple[HttpRun, float]:
-    """The best of REPEATS load runs, and the median over the runs of their rate over the
-    in-process rate measured right before and after each (``local.core``): the machine's
-    speed drifts between runs (seen: 40% over minutes on a shared VM), so each HTTP rate is
-    compared with the in-process rate of its own minute."""
+    identity: str, now: int, configs: list[tuple[int, list[str]]], local: InProcess
+) -> list[Served]:
+    """ROUNDS load runs of each server configuration (workers, extra flags), all servers
+    started first and warmed up, each round running every configuration once, in an order
+    rotated from round to round, with the in-process rate (``local.core``) measured right
+    before and after each run. The machine's speed drifts (seen: 40% over minutes on a
+    shared VM, and +-20% from one second to the next), so each HTTP rate is compared with the
+    in-process rate of its own seconds, and the configurations take turns rather than one
+    taking all its runs in one stretch of the machine's weather."""
     body = json.dumps(_body(identity, now)).encode()
     request = (
         b"POST /stir/v1/verification HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -338,24 +365,36 @@ def over_http(
         + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
+    served = [Served([], []) for _ in configs]
     with tempfile.TemporaryDirectory(prefix="bench_api_") as tmp:
-        process, port = _start(workers, Path(tmp), extra)
+        servers: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
-            runs: list[HttpRun] = []
-            ratios: list[float] = []
-            for _ in range(REPEATS):
-                before = local.core(PROBE_N)
+            for index, (workers, extra) in enumerate(configs):
+                folder = Path(tmp) / str(index)
+                folder.mkdir()
+                servers.append(_start(workers, folder, extra))
+            script = _wrk_script(body, Path(tmp))
+            for _, port in servers:
                 if WRK is not None:
-                    run = _measure_wrk(WRK, process.pid, port, body, Path(tmp))
-                else:
-                    run = _measure(process.pid, port, request)
-                after = local.core(PROBE_N)
-                runs.append(run)
-                ratios.append(run.rate / ((before + after) / 2))
-            return max(runs), statistics.median(ratios)
+                    _wrk(WRK, port, script, WARMUP_S)
+            for round_ in range(ROUNDS):
+                for step in range(len(configs)):
+                    index = (round_ + step) % len(configs)
+                    process, port = servers[index]
+                    before = local.core(PROBE_N)
+                    if WRK is not None:
+                        run = _measure_wrk(WRK, process.pid, port, script)
+                    else:
+                        run = _measure(process.pid, port, request)
+                    after = local.core(PROBE_N)
+                    served[index].runs.append(run)
+                    served[index].ratios.append(run.rate / ((before + after) / 2))
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+            for process, _ in servers:
+                process.send_signal(signal.SIGTERM)
+            for process, _ in servers:
+                process.wait(timeout=30)
+    return served
 
 
 def main() -> int:
@@ -372,15 +411,11 @@ def main() -> int:
         print(f"{'in-process Verifier.verify (warm cache)':52} {core:8.0f} {'':>23} {1:8.2f}")
         label = "in-process + ATIS JSON/model mapping"
         print(f"{label:52} {mapped:8.0f} {'':>7} {'':>7} {mapped / core:8.2f}")
-        results: dict[str, tuple[HttpRun, float]] = {}
-        runs = [
-            ("serve, 1 worker", 1, []),
-            ("serve, 1 worker, --no-access-log", 1, ["--no-access-log"]),
-            ("serve, 2 workers", 2, []),
-        ]
-        for name, workers, extra in runs:
-            run, ratio = over_http(identity, now, workers, extra, local)
-            results[name] = (run, ratio)
+        names = ["serve, 1 worker", "serve, 1 worker, --no-access-log", "serve, 2 workers"]
+        configs: list[tuple[int, list[str]]] = [(1, []), (1, ["--no-access-log"]), (2, [])]
+        results = dict(zip(names, over_http(identity, now, configs, local), strict=True))
+        for name, done in results.items():
+            run, ratio = done.median, statistics.median(done.ratios)
             label = f"{name} ({'wrk' if WRK else 'asyncio gen'}, {CONCURRENCY} conns)"
             print(
                 f"{label:52} {run.rate:8.0f} {run.p50_ms:7.2f} {run.p99_ms:7.2f}"
@@ -388,17 +423,21 @@ def main() -> int:
             )
     finally:
         local.close()
-    one, one_ratio = results["serve, 1 worker"]
+    one = results["serve, 1 worker"]
+    ratios = one.ratios
     print(
-        f"HTTP (1 worker) / in-process: {one_ratio:.2f} (goal: > 0.5; 'vs core' of an HTTP row: "
-        "the median over its runs of the run's rate over the in-process rate measured just "
-        "before and after it)"
+        f"HTTP (1 worker) / in-process: {statistics.median(ratios):.2f} (goal: > 0.5; runs: "
+        f"{', '.join(f'{r:.2f}' for r in sorted(ratios))}; 'vs core' of an HTTP row: the median "
+        "over its runs of the run's rate over the in-process rate measured just before and "
+        "after it)"
     )
-    print(
-        f"2 workers / 1 worker: {results['serve, 2 workers'][0].rate / one.rate:.2f}"
-        f" (on {os.cpu_count()} cores)"
-    )
-    busiest = max((run for run, _ in results.values()), key=lambda r: r.rate)
+    # Runs of one round are minutes apart at most: their rates compared pairwise.
+    pairs = [
+        two.rate / single.rate
+        for two, single in zip(results["serve, 2 workers"].runs, one.runs, strict=True)
+    ]
+    print(f"2 workers / 1 worker: {statistics.median(pairs):.2f} (on {os.cpu_count()} cores)")
+    busiest = max((done.median for done in results.values()), key=lambda r: r.rate)
     print(
         f"load generator: {busiest.client_us:.0f} us CPU per request, "
         f"{busiest.client_us * busiest.rate / 1e4:.0f}% of a core at {busiest.rate:.0f} req/s "
