@@ -91,27 +91,19 @@ class TurnFlush:
         waiting, self._waiting = self._waiting, []
         for transport in waiting:
             transport._queued = False
-        failed: Exception | None = None
-        for transport in waiting:
-            try:
-                transport.flush()
-            except Exception as exc:  # one connection's failure must not hold the others'
-                failed = failed or exc
-        if failed is not None:
-            raise failed  # to the loop's exception handler, as a callback's own would go
+        _flush_all(waiting, None)
 
 
-_TURN_FLUSHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnFlush] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def turn_flush(loop: asyncio.AbstractEventLoop) -> TurnFlush:
-    """The ``TurnFlush`` of ``loop`` (one per loop, made at its first connection)."""
-    found = _TURN_FLUSHES.get(loop)
-    if found is None:
-        found = _TURN_FLUSHES[loop] = TurnFlush(loop)
-    return found
+def _flush_all(transports: list[CoalescingTransport], failed: Exception | None) -> None:
+    """Flush every transport, one's failure not holding the others'; then raise the first
+    failure (``failed`` if given) to the loop's exception handler, as a callback's own goes."""
+    for transport in transports:
+        try:
+            transport.flush()
+        except Exception as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 class TurnAnswers:
@@ -159,25 +151,30 @@ class TurnAnswers:
                 failed = failed or exc
         for wrapped in written:
             wrapped.holding = False
-            try:
-                wrapped.flush()
-            except Exception as exc:
-                failed = failed or exc
-        if failed is not None:
-            raise failed  # to the loop's exception handler, as a callback's own would go
+        _flush_all(written, failed)
 
 
-_TURN_ANSWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnAnswers] = (
+# The ``TurnFlush`` and ``TurnAnswers`` of each event loop, made at its first connection.
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[TurnFlush, TurnAnswers]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def turn_answers(loop: asyncio.AbstractEventLoop) -> TurnAnswers:
-    """The ``TurnAnswers`` of ``loop`` (one per loop, made at its first connection)."""
-    found = _TURN_ANSWERS.get(loop)
+def _turn(loop: asyncio.AbstractEventLoop) -> tuple[TurnFlush, TurnAnswers]:
+    found = _TURNS.get(loop)
     if found is None:
-        found = _TURN_ANSWERS[loop] = TurnAnswers(loop)
+        found = _TURNS[loop] = (TurnFlush(loop), TurnAnswers(loop))
     return found
+
+
+def turn_flush(loop: asyncio.AbstractEventLoop) -> TurnFlush:
+    """The ``TurnFlush`` of ``loop``."""
+    return _turn(loop)[0]
+
+
+def turn_answers(loop: asyncio.AbstractEventLoop) -> TurnAnswers:
+    """The ``TurnAnswers`` of ``loop``."""
+    return _turn(loop)[1]
 
 
 class CoalescingTransport:
