@@ -622,3 +622,75 @@ def test_a_failed_answer_does_not_hold_the_turns_other_answers(tmp_path: Path) -
     fine, errors = asyncio.run(run())
     assert [b"200 OK" in head for head, _ in _responses(fine.output)] == [True]
     assert [type(e) for e in errors] == [OSError]
+
+
+async def _drive_together(
+    app: FastAPI,
+    http: type[HttpToolsProtocol] | str,
+    scenarios: Sequence[tuple[str, list[bytes], int]],
+) -> list[RecordingTransport]:
+    """Each scenario on its own connection of ``http``, all read in the same turns of the loop
+    (the first chunk of every scenario, then the second of those that have one, ...)."""
+    config = Config(app=app, http=http, lifespan="off", log_config=None, server_header=False)
+    config.load()
+    state = ServerState()
+    connections = []
+    for _ in scenarios:
+        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=state, app_state={}
+        )
+        transport = RecordingTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        connections.append((protocol, transport))
+    for turn in range(max(len(chunks) for _, chunks, _ in scenarios)):
+        for (protocol, _), (_, chunks, _) in zip(connections, scenarios, strict=True):
+            if turn < len(chunks):
+                protocol.data_received(chunks[turn])
+        await asyncio.sleep(0)
+
+    def done() -> bool:
+        return all(
+            len([h for h, _ in _responses(t.output) if b" 100 " not in h]) >= answers
+            for (_, t), (_, _, answers) in zip(connections, scenarios, strict=True)
+        )
+
+    for _ in range(2000):
+        if done():
+            break
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0)
+    return [transport for _, transport in connections]
+
+
+def test_same_bytes_as_uvicorn_for_a_turn_of_many_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every scenario at once, each on its own connection, read in the same turns: the
+    verification route answers the turn's requests together (passes, failures and errors
+    mixed, pipelined and split ones among them), and each connection gets the bytes uvicorn
+    gives it."""
+    scenarios = [s for s in SCENARIOS if s[0] != "cold"]
+    sizes: list[int] = []
+    answer_all = HotVerification.answer_all
+
+    def counted(self: HotVerification, requests: Any) -> Any:
+        sizes.append(len(requests))
+        return answer_all(self, requests)
+
+    monkeypatch.setattr(HotVerification, "answer_all", counted)
+    outputs = []
+    for http in ("httptools", StirHttpProtocol):
+        app = create_app(make_config(tmp_path, max_body_bytes=64 * 1024))
+
+        async def run(app: FastAPI = app, http: Any = http) -> list[RecordingTransport]:
+            async with app.router.lifespan_context(app):
+                for call in CALLS:  # every certificate the scenarios need, cached
+                    await _drive(app, http, [_request(_json(atis_body(fixture_call(call))))], 1)
+                return await _drive_together(app, http, scenarios)
+
+        transports = asyncio.run(run())
+        outputs.append([(_responses(t.output), t.closed) for t in transports])
+    assert max(sizes) >= 10  # the first turn's requests, answered together
+    for (name, _, answers), ours, theirs in zip(scenarios, outputs[1], outputs[0], strict=True):
+        assert ours == theirs, name
+        assert len([h for h, _ in ours[0] if b" 100 " not in h]) == answers, name
