@@ -694,3 +694,30 @@ def test_same_bytes_as_uvicorn_for_a_turn_of_many_connections(
     for (name, _, answers), ours, theirs in zip(scenarios, outputs[1], outputs[0], strict=True):
         assert ours == theirs, name
         assert len([h for h, _ in ours[0] if b" 100 " not in h]) == answers, name
+
+
+def test_a_turn_whose_answers_fail_goes_to_the_asgi_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the route's ``answer_all`` fails for a turn, every request of that turn still gets
+    its answer (the ASGI path's), and the error goes to the loop's exception handler."""
+    app = create_app(make_config(tmp_path))
+    request = _request(_json(atis_body(fixture_call(CALLS[0]))))
+
+    def failing(self: HotVerification, requests: Any) -> Any:
+        raise RuntimeError("metrics backend gone")
+
+    async def run() -> tuple[list[RecordingTransport], list[Any]]:
+        async with app.router.lifespan_context(app):
+            await _drive(app, StirHttpProtocol, [request], 1)  # the certificate, cached
+            loop = asyncio.get_running_loop()
+            errors: list[Any] = []
+            loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+            monkeypatch.setattr(HotVerification, "answer_all", failing)
+            transports = await _drive_together(app, StirHttpProtocol, [("", [request], 1)] * 3)
+            return transports, errors
+
+    transports, errors = asyncio.run(run())
+    heads = [head.split(b"\r\n")[0] for t in transports for head, _ in _responses(t.output)]
+    assert heads == [b"HTTP/1.1 200 OK"] * 3
+    assert [type(e) for e in errors] == [RuntimeError]
