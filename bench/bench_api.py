@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -223,7 +223,7 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class HttpRun:
     """One load run: requests/s and latency over the measured window; CPU microseconds per
     request of the server's processes and of the load generator over the whole run."""
@@ -342,10 +342,9 @@ class Served:
     @property
     def median(self) -> HttpRun:
         """Each figure's median over the runs."""
-        return HttpRun(*(statistics.median(getattr(r, f) for r in self.runs) for f in _FIELDS))
-
-
-_FIELDS = ("rate", "p50_ms", "p99_ms", "server_us", "client_us")
+        return HttpRun(
+            *(statistics.median(getattr(r, f.name) for r in self.runs) for f in fields(HttpRun))
+        )
 
 
 def over_http(
