@@ -50,7 +50,7 @@ from service.listen_sip import (
     Transport,
     _SipDatagram,
 )
-from service.loop_source import loop_safe, verify_functions
+from service.loop_source import WouldBlock, loop_safe, verify_functions
 from service.metrics import Metrics
 from shaken.result import VerificationResult
 from shaken.verifier import VerificationRequest, Verifier
@@ -953,6 +953,143 @@ def test_reader_close_counts_what_the_kernel_still_refuses(canned: VerificationR
         reader.send(("192.0.2.7", 5070), b"a%d" % n)
     reader.close()
     assert (sock.sent, server.send_drops, loop.writing, sock.closed) == ([], 3, False, True)
+
+
+class StepLog:
+    """A server whose verifications on the loop, and a socket whose sends, are written to
+    one list in the order they happen; ``verdicts`` maps an INVITE's name (``invite_named``)
+    to what its verification on the loop does: "" the canned result, "cold" `WouldBlock` (the
+    pool then verifies it), "error" a verifier bug. Stands in for the loop of the pool's
+    answers: ``callbacks`` collects them."""
+
+    def __init__(self, result: VerificationResult, verdicts: dict[str, str]) -> None:
+        self.steps: list[str] = []
+        self.callbacks: list[Callable[[], None]] = []
+        self.sock = FakeUdpSocket()
+        steps = self.steps
+
+        def on_loop(request: VerificationRequest, at: datetime) -> VerificationResult:
+            name = name_of(request)
+            steps.append(f"verify {name}")
+            if verdicts[name] == "cold":
+                raise WouldBlock
+            if verdicts[name] == "error":
+                raise RuntimeError("a verifier bug")
+            return result
+
+        def pooled(request: VerificationRequest, at: datetime) -> VerificationResult:
+            return result
+
+        self.server = SipVerificationServer(
+            SipServerCore(),
+            pooled,
+            verify_cached=on_loop,
+            metrics=Metrics(),
+            clock=lambda: FIXTURE_AT,
+        )
+        record = self.sock.sendto
+
+        def sendto(data: bytes, addr: tuple[str, int]) -> int:
+            steps.append(f"send {data.split(b' ', 2)[1].decode()} {addr[1]}")
+            return record(data, addr)
+
+        self.sock.sendto = sendto  # type: ignore[method-assign]
+
+    def call_soon_threadsafe(self, callback: Callable[..., None], *args: object) -> None:
+        self.callbacks.append(lambda: callback(*args))
+
+
+def invite_named(name: str) -> bytes:
+    """The warm charlie_c call as a transaction and Call-ID of its own, its name in an extra
+    parameter of its Identity header (``name_of``)."""
+    data = with_branch(fixture_call("charlie_c"), f"z9hG4bK-{name}")
+    data = data.replace(b"Call-ID: ", f"Call-ID: {name}-".encode(), 1)
+    return data.replace(b';ppt="shaken"', f';ppt="shaken";test-name={name}'.encode(), 1)
+
+
+def name_of(request: VerificationRequest) -> str:
+    return request.identities[0].rsplit(";test-name=", 1)[1]
+
+
+def test_a_reads_invites_are_verified_together_then_answered(canned: VerificationResult) -> None:
+    """The INVITEs of one read are decided in arrival order (an OPTIONS among them answered
+    as it is decided), then verified one after another, then answered, each to its own
+    peer, in arrival order."""
+    log = StepLog(canned, {"a": "", "b": "", "c": ""})
+    log.sock.inbox = [
+        (invite_named("a"), ("192.0.2.1", 5001)),
+        (ping("p"), ("192.0.2.1", 5002)),
+        (invite_named("b"), ("192.0.2.1", 5003)),
+        (invite_named("c"), ("192.0.2.1", 5004)),
+    ]
+    reader_on(log.server, log.sock, FakeLoop()).read_ready()
+    assert log.steps == [
+        "send 200 5002",
+        "verify a",
+        "verify b",
+        "verify c",
+        "send 302 5001",
+        "send 302 5003",
+        "send 302 5004",
+    ]
+    assert (log.server.answered, log.server.answered_on_loop, log.server._held) == (3, 3, None)
+
+
+def test_a_retransmission_read_with_its_invite_meets_it_proceeding(
+    canned: VerificationResult,
+) -> None:
+    """An INVITE and its retransmission in one read: the retransmission finds the
+    transaction still proceeding (as when the pool verifies), so the INVITE is verified and
+    answered once; a later retransmission gets the final answer again. RFC 3261 17.2.1."""
+    log = StepLog(canned, {"r": ""})
+    peer = ("192.0.2.1", 5001)
+    data = invite_named("r")
+    log.sock.inbox = [(data, peer), (data, peer)]
+    reader = reader_on(log.server, log.sock, FakeLoop())
+    reader.read_ready()
+    assert [s for s in log.steps if not s.startswith("send 100")] == ["verify r", "send 302 5001"]
+    log.sock.inbox = [(data, peer)]
+    reader.read_ready()
+    assert log.steps[-1] == "send 302 5001"
+    assert (log.steps.count("verify r"), log.server.answered) == (1, 1)
+    assert (
+        log.server.metrics.value("stirscope_sip_retransmissions_total", {"transport": "udp"}) >= 1
+    )
+
+
+def test_a_reads_cold_and_broken_verifications_cost_only_their_own_call(
+    canned: VerificationResult,
+) -> None:
+    """Among the INVITEs of one read, one that needs a fetch goes to the pool (100 Trying at
+    once, its 302 when the pool is done) and one whose verification breaks gets its 500;
+    the others are answered from the loop as usual."""
+    log = StepLog(canned, {"a": "", "cold": "cold", "bad": "error", "d": ""})
+    log.server._loop = cast(asyncio.AbstractEventLoop, log)
+    log.sock.inbox = [
+        (invite_named(name), ("192.0.2.1", 5001 + n))
+        for n, name in enumerate(["a", "cold", "bad", "d"])
+    ]
+    reader_on(log.server, log.sock, FakeLoop()).read_ready()
+    assert log.steps == [
+        "verify a",
+        "verify cold",
+        "send 100 5002",
+        "verify bad",
+        "send 500 5003",
+        "verify d",
+        "send 302 5001",
+        "send 302 5004",
+    ]
+    deadline = time.monotonic() + TIMEOUT_S
+    while not log.callbacks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for callback in log.callbacks:
+        callback()
+    assert log.steps[-1] == "send 302 5002"
+    server = log.server
+    assert (server.answered, server.answered_on_loop, server.internal_errors) == (3, 2, 1)
+    assert server.metrics.value("stirscope_internal_errors_total", {"where": "verifier"}) == 1
+    server._pool.shutdown(wait=True)
 
 
 def test_reader_counts_icmp_errors(canned: VerificationResult) -> None:
