@@ -689,7 +689,9 @@ class SipVerificationServer:
         answer evicts the next step's (the HTTP service's turns measured ~20% less CPU per
         request done so). A message that relates to a held one (a retransmission of its
         INVITE, a CANCEL) meets its transaction still proceeding, as when the verification
-        runs in the pool. Never raises."""
+        runs in the pool; whether to shed is judged as each is decided, so the outputs may
+        take up to a read's records past ``outputs_full``, as they take the pool's. Never
+        raises."""
         held, self._held = self._held, None
         if held:
             self._verify_on_loop(held)
