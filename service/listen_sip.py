@@ -687,11 +687,10 @@ class SipVerificationServer:
         another, then their answers are built and sent: each step's code stays in the
         processor's caches, where one message's whole path through parser, core, verifier and
         answer evicts the next step's (paired A/B on a loaded server: 284 -> 226 us of CPU per
-        call). A message that relates to a held one (a retransmission of its
-        INVITE, a CANCEL) meets its transaction still proceeding, as when the verification
-        runs in the pool; whether to shed is judged as each is decided, so the outputs may
-        take up to a read's records past ``outputs_full``, as they take the pool's. Never
-        raises."""
+        call). A message that relates to a held one (a retransmission of its INVITE, a
+        CANCEL) meets its transaction still proceeding, as when the verification runs in the
+        pool; whether to shed is judged as each is decided, so the outputs may take up to a
+        read's records past ``outputs_full``, as they take the pool's. Never raises."""
         held, self._held = self._held, None
         if held:
             self._verify_on_loop(held)
